@@ -1,0 +1,7 @@
+"""App config for rooms, messages and the assistant."""
+from django.apps import AppConfig
+
+
+class ChatroomsConfig(AppConfig):
+    name = "chatrooms"
+    default_auto_field = "django.db.models.BigAutoField"

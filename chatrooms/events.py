@@ -1,0 +1,51 @@
+"""Group names and broadcasts. Services broadcast after commit; the reply runner sends chunks directly."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+
+def room_group(room_id: int | str) -> str:
+    return f"room.{int(room_id)}"
+
+
+def user_group(user_id: int | str) -> str:
+    return f"user.{int(user_id)}"
+
+
+def stream_control_group(stream_id: str) -> str:
+    """Where cancel reaches the worker that runs a stream, whichever it is."""
+    return f"stream.{stream_id}"
+
+
+def _send_now(group: str, event: dict[str, Any]) -> None:
+    async_to_sync(get_channel_layer().group_send)(group, event)
+
+
+def send_after_commit(group: str, event: dict[str, Any]) -> None:
+    transaction.on_commit(lambda: _send_now(group, event))
+
+
+def room_frame_after_commit(room_id: int, frame: dict[str, Any]) -> None:
+    """A protocol frame for every connection whose active room this is."""
+    send_after_commit(room_group(room_id), {"type": "room.frame", "roomId": str(room_id), "frame": frame})
+
+
+def rooms_changed_after_commit(user_ids: Iterable[int]) -> None:
+    """Every connection of these users re-reads and sends its `rooms` list."""
+    for user_id in set(user_ids):
+        send_after_commit(user_group(user_id), {"type": "rooms.changed"})
+
+
+def room_gone_after_commit(room_id: int, user_ids: Iterable[int], frame: dict[str, Any]) -> None:
+    """`room.deleted` or `room.cleared`: to the room's viewers, who then reset what they track."""
+    send_after_commit(room_group(room_id), {"type": "room.gone", "roomId": str(room_id), "frame": frame})
+    rooms_changed_after_commit(user_ids)
+
+
+def stream_cancel_after_commit(stream_id: str) -> None:
+    send_after_commit(stream_control_group(stream_id), {"type": "stream.cancel", "streamId": stream_id})

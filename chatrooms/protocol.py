@@ -1,0 +1,189 @@
+"""The WebSocket protocol's shapes: validating client frames and serialising rooms and messages."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .catalog import model_for_room
+from .models import MESSAGE_TEXT_MAX_LENGTH, ROOM_NAME_MAX_LENGTH, SYSTEM_PROMPT_MAX_LENGTH, Message, Room
+
+PROTOCOL_VERSION = 1
+FRAME_MAX_BYTES = 64 * 1024
+REF_MAX_LENGTH = 64
+REQUEST_ID_MAX_LENGTH = 64
+BODY_MAX_BYTES = 16 * 1024
+ID_MAX_LENGTH = 64
+
+
+class ProtocolError(Exception):
+    """A client frame the server refuses; `code` is one of the protocol's error codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: type | tuple[type, ...]
+    required: bool = True
+    min_length: int = 0
+    max_length: int | None = None
+    strip: bool = False
+    max_bytes: int | None = None
+
+
+def _id(required: bool = True) -> Field:
+    return Field(str, required=required, min_length=1, max_length=ID_MAX_LENGTH)
+
+
+def _request_id() -> Field:
+    return Field(str, min_length=1, max_length=REQUEST_ID_MAX_LENGTH)
+
+
+FRAME_FIELDS: dict[str, dict[str, Field]] = {
+    "room.create": {"name": Field(str, min_length=1, max_length=ROOM_NAME_MAX_LENGTH, strip=True)},
+    "room.rename": {"roomId": _id(), "name": Field(str, min_length=1, max_length=ROOM_NAME_MAX_LENGTH, strip=True)},
+    "room.configure": {
+        "roomId": _id(),
+        "model": Field(str, required=False, min_length=1, max_length=200),
+        "systemPrompt": Field(str, required=False, max_length=SYSTEM_PROMPT_MAX_LENGTH),
+    },
+    "room.clear": {"roomId": _id()},
+    "room.delete": {"roomId": _id()},
+    "room.join": {"roomId": _id(), "since": Field(dict, required=False)},
+    "room.leave": {"roomId": _id()},
+    "chat.send": {
+        "requestId": _request_id(),
+        "text": Field(str, min_length=1, max_length=MESSAGE_TEXT_MAX_LENGTH),
+        "roomId": _id(required=False),
+        "body": Field(dict, required=False, max_bytes=BODY_MAX_BYTES),
+    },
+    "chat.regenerate": {"requestId": _request_id(), "roomId": _id(required=False)},
+    "chat.edit": {
+        "requestId": _request_id(),
+        "messageId": _id(),
+        "text": Field(str, min_length=1, max_length=MESSAGE_TEXT_MAX_LENGTH),
+    },
+    "chat.cancel": {"requestId": _request_id()},
+}
+
+KIND_NAMES = {str: "a string", dict: "an object", bool: "a boolean", int: "an integer"}
+
+
+def parse_frame(text: str | None, binary: bytes | None) -> dict[str, Any]:
+    """Parse and validate one client frame; raises ProtocolError with the code to answer."""
+    if text is None:
+        raise ProtocolError("bad_request", "Binary frames are not supported; send JSON text.")
+    if len(text) > FRAME_MAX_BYTES or len(text.encode()) > FRAME_MAX_BYTES:
+        raise ProtocolError("too_large", f"A frame may be at most {FRAME_MAX_BYTES} bytes.")
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        raise ProtocolError("bad_request", "The frame is not valid JSON.") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("bad_request", "A frame must be a JSON object.")
+    return frame
+
+
+def frame_ref(frame: dict[str, Any]) -> str | None:
+    """The frame's `ref` if it is well formed, so that even an error answer can echo it."""
+    ref = frame.get("ref")
+    return ref if isinstance(ref, str) and len(ref) <= REF_MAX_LENGTH else None
+
+
+def validate_frame(frame: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Check the type and every field; returns (type, cleaned fields)."""
+    kind = frame.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_request", "A frame needs a string field `type`.")
+    if "ref" in frame and (not isinstance(frame["ref"], str) or len(frame["ref"]) > REF_MAX_LENGTH):
+        raise ProtocolError("bad_request", f"`ref` must be a string of at most {REF_MAX_LENGTH} characters.")
+    fields = FRAME_FIELDS.get(kind)
+    if fields is None:
+        raise ProtocolError("unknown_type", f"Unknown frame type {kind[:64]!r}.")
+    cleaned: dict[str, Any] = {}
+    for name, spec in fields.items():
+        if name not in frame or frame[name] is None:
+            if spec.required:
+                raise ProtocolError("bad_request", f"`{kind}` needs the field `{name}`.")
+            continue
+        value = frame[name]
+        if not isinstance(value, spec.kind) or (spec.kind is int and isinstance(value, bool)):
+            raise ProtocolError("bad_request", f"`{name}` must be {KIND_NAMES.get(spec.kind, 'valid')}.")
+        if isinstance(value, str):
+            if spec.strip:
+                value = value.strip()
+            if len(value) < spec.min_length:
+                raise ProtocolError("bad_request", f"`{name}` must not be empty.")
+            if spec.max_length is not None and len(value) > spec.max_length:
+                raise ProtocolError("bad_request", f"`{name}` may be at most {spec.max_length} characters.")
+        if spec.max_bytes is not None and len(json.dumps(value).encode()) > spec.max_bytes:
+            raise ProtocolError("too_large", f"`{name}` may be at most {spec.max_bytes} bytes.")
+        cleaned[name] = value
+    if kind == "room.join" and "since" in cleaned:
+        cleaned["since"] = _validate_since(cleaned["since"])
+    return kind, cleaned
+
+
+def _validate_since(since: dict[str, Any]) -> dict[str, Any]:
+    stream_id, index = since.get("streamId"), since.get("index")
+    if not isinstance(stream_id, str) or not 1 <= len(stream_id) <= ID_MAX_LENGTH:
+        raise ProtocolError("bad_request", "`since.streamId` must be a stream id string.")
+    if not isinstance(index, int) or isinstance(index, bool) or index < -1:
+        raise ProtocolError("bad_request", "`since.index` must be an integer of -1 or more.")
+    return {"streamId": stream_id, "index": index}
+
+
+# -- serialising -------------------------------------------------------------------------------
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    return {
+        "id": str(message.pk),
+        "roomId": str(message.room_id),
+        "role": message.role,
+        "content": message.content,
+        "parts": message.parts,
+        "status": message.status,
+        "createdAt": iso(message.created_at),
+        "author": message.author.username if message.role == Message.Role.USER and message.author else None,
+    }
+
+
+def error_frame(code: str, message: str, ref: str | None = None, **extra: Any) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message, **extra}
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
+def chunk_frame_text(*, room_id: str, request_id: str, stream_id: str, index: int, body: str, replay: bool) -> str:
+    """A `stream.chunk` frame built around the stored chunk text, without parsing it again."""
+    head = json.dumps(
+        {"type": "stream.chunk", "roomId": room_id, "requestId": request_id, "streamId": stream_id, "index": index}
+    )
+    tail = ', "replay": true}' if replay else "}"
+    return f'{head[:-1]}, "chunk": {body}{tail}'
+
+
+def room_to_dict(room: Room) -> dict[str, Any]:
+    """A room annotated by the selectors with `message_count` and `is_streaming`."""
+    return {
+        "id": str(room.pk),
+        "name": room.name,
+        "model": model_for_room(room.model),
+        "systemPrompt": room.system_prompt,
+        "messageCount": room.message_count,
+        "createdAt": iso(room.created_at),
+        "lastActiveAt": iso(room.last_active_at),
+        "streaming": room.is_streaming,
+        "owner": room.owner.username,
+    }

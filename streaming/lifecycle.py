@@ -1,0 +1,71 @@
+"""A stream's life: start, heartbeat, cancel request, finish exactly once, stale detection, cleanup."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from .models import Stream, StreamChunk
+
+
+def stream_start(*, key: str, request_id: str) -> Stream:
+    """Create a live stream; the partial unique index refuses a second live stream for one key."""
+    return Stream.objects.create(key=key, request_id=request_id)
+
+
+def stream_beat(*, stream_id: uuid.UUID) -> None:
+    Stream.objects.filter(pk=stream_id, status=Stream.Status.STREAMING).update(heartbeat_at=timezone.now())
+
+
+def stream_request_cancel(*, stream_id: uuid.UUID) -> bool:
+    """Flag a live stream for cancellation; True if it was live."""
+    return bool(
+        Stream.objects.filter(pk=stream_id, status=Stream.Status.STREAMING).update(cancel_requested=True)
+    )
+
+
+def stream_finish(*, stream_id: uuid.UUID, status: str) -> bool:
+    """Move a live stream to a final status. Exactly one caller wins; the others get False."""
+    if status == Stream.Status.STREAMING:
+        raise ValueError("a stream cannot finish as streaming")
+    return bool(
+        Stream.objects.filter(pk=stream_id, status=Stream.Status.STREAMING).update(
+            status=status, finished_at=timezone.now()
+        )
+    )
+
+
+def stale_before(now: datetime | None = None) -> datetime:
+    return (now or timezone.now()) - timedelta(seconds=settings.STREAM_STALE_SECONDS)
+
+
+def streams_stale(*, now: datetime | None = None, key_prefix: str = "") -> list[Stream]:
+    """Live streams whose worker has not beaten their heartbeat within STREAM_STALE_SECONDS."""
+    queryset = Stream.objects.filter(status=Stream.Status.STREAMING, heartbeat_at__lt=stale_before(now))
+    if key_prefix:
+        queryset = queryset.filter(key__startswith=key_prefix)
+    return list(queryset.order_by("created_at"))
+
+
+def streams_delete_for_keys(*, keys: list[str]) -> int:
+    """Delete every stream of these keys with its chunks (the caller has cancelled live ones)."""
+    deleted, _ = Stream.objects.filter(key__in=keys).delete()
+    return deleted
+
+
+def chunks_cleanup(*, older_than: datetime, batch_size: int = 5000, dry_run: bool = False) -> int:
+    """Delete the chunks of streams that finished before `older_than`, in batches; live streams untouched."""
+    finished = Stream.objects.filter(finished_at__lt=older_than).exclude(status=Stream.Status.STREAMING)
+    chunks = StreamChunk.objects.filter(stream__in=finished.values("pk"))
+    if dry_run:
+        return chunks.count()
+    total = 0
+    while True:
+        with transaction.atomic():
+            ids = list(chunks.values_list("pk", flat=True)[:batch_size])
+            if not ids:
+                return total
+            total += StreamChunk.objects.filter(pk__in=ids).delete()[0]

@@ -1,0 +1,135 @@
+"""Fixtures: the scripted model server, settings that point the app at it, and socket clients."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import channel_layers
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from chatrooms import assistant
+from chatrooms.scripted_model_server import ScriptedModelServer
+
+FRAME_TIMEOUT = 10
+
+
+def require_service(name: str, available: bool, why: str) -> None:
+    """Skip on a laptop that lacks a service; fail in CI, where every service must be there."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is required in CI: {why}")
+    pytest.skip(f"{name} not available: {why}")
+
+
+@pytest.fixture(scope="session")
+def model_server() -> ScriptedModelServer:
+    server = ScriptedModelServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def scripted_model(model_server: ScriptedModelServer, settings: Any) -> ScriptedModelServer:
+    """Point the app at the scripted server through litellm's OpenAI-compatible provider."""
+    model_server.reset()
+    settings.LLM_MODEL = "openai/scripted"
+    settings.LLM_MODELS = ["openai/scripted=Scripted", "openai/other=Other"]
+    settings.LLM_API_BASE = model_server.base_url
+    settings.LLM_API_KEY = "test-key"
+    return model_server
+
+
+@pytest.fixture(autouse=True)
+def fresh_channel_layer() -> None:
+    """Each test has its own event loop; the in-memory layer's queues must not outlive it."""
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+@pytest.fixture
+async def replies_settled() -> None:
+    """After the test, let replies that are still running end, so none leaks into the next test."""
+    yield
+    running = [run.task for run in list(assistant.RUNNING.values()) if run.task]
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.wait(running, timeout=10)
+    assistant.RUNNING.clear()
+
+
+class ChatClient:
+    """A protocol client over Channels' WebsocketCommunicator, logged in with a real session cookie."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.communicator = communicator
+        self.seen: list[dict[str, Any]] = []
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        text = frame if isinstance(frame, str) else json.dumps(frame)
+        await self.communicator.send_to(text_data=text)
+
+    async def receive(self, timeout: float = FRAME_TIMEOUT) -> dict[str, Any]:
+        frame = json.loads(await self.communicator.receive_from(timeout=timeout))
+        self.seen.append(frame)
+        return frame
+
+    async def receive_until(self, frame_type: str, timeout: float = FRAME_TIMEOUT, **match: Any) -> list[dict[str, Any]]:
+        """Frames up to and including the first of `frame_type` (whose fields equal `match`)."""
+        frames = []
+        while True:
+            frame = await self.receive(timeout)
+            frames.append(frame)
+            if frame["type"] == frame_type and all(frame.get(k) == v for k, v in match.items()):
+                return frames
+
+    async def nothing_more(self) -> bool:
+        return await self.communicator.receive_nothing(timeout=0.2)
+
+    async def close(self) -> None:
+        await self.communicator.disconnect()
+
+
+async def session_cookie_for(user: Any) -> str:
+    client = Client()
+    await sync_to_async(client.force_login)(user)
+    return client.cookies["sessionid"].value
+
+
+@pytest.fixture
+async def connect(replies_settled: None):
+    """connect(user) -> ChatClient past `hello` and `rooms`; every client is closed after the test."""
+    from config.asgi import application
+
+    clients: list[ChatClient] = []
+
+    async def open_client(user: Any, *, origin: str = "http://127.0.0.1:8000", expect_hello: bool = True) -> ChatClient:
+        headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1:8000")]
+        if user is not None:
+            headers.append((b"cookie", f"sessionid={await session_cookie_for(user)}".encode()))
+        communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+        connected, code = await communicator.connect(timeout=FRAME_TIMEOUT)
+        client = ChatClient(communicator)
+        client.connected, client.close_code = connected, code
+        clients.append(client)
+        if connected and expect_hello:
+            hello = await client.receive()
+            assert hello["type"] == "hello"
+            client.hello = hello
+            rooms = await client.receive()
+            assert rooms["type"] == "rooms"
+        return client
+
+    yield open_client
+    for client in clients:
+        try:
+            await client.close()
+        except Exception:
+            pass
