@@ -264,11 +264,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Send chunks next_index..through from the database, waiting for the recorder's flush if the
         live relay got ahead of it."""
         read = database_sync_to_async(chunks_after)
+        if self.next_index[stream_id] > through:
+            return
+        logger.info("stream %s: filling chunks %d..%d from the database", stream_id, self.next_index[stream_id], through)
         for _attempt in range(GAP_FILL_ATTEMPTS):
-            missing_from = self.next_index[stream_id]
-            if missing_from > through:
-                return
-            stored = await read(stream_id=stream_id, after_index=missing_from - 1, up_to=through)
+            stored = await read(stream_id=stream_id, after_index=self.next_index[stream_id] - 1, up_to=through)
             await self._send_chunks(stream_id, stored, replay=False)
             if self.next_index[stream_id] > through:
                 return

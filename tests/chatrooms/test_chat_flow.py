@@ -57,3 +57,132 @@ async def test_send_streams_an_answer_that_is_stored(scripted_model, connect):
     # The model saw the system prompt and the user's message.
     sent = scripted_model.requests[-1]["messages"]
     assert sent[0]["role"] == "system" and sent[-1] == {"role": "user", "content": "Hi there"}
+
+
+async def start_room(client, name: str = "Room") -> str:
+    await client.send({"type": "room.create", "name": name})
+    return (await client.receive_until("room.created"))[-1]["room"]["id"]
+
+
+async def joined_room(client, name: str = "Room") -> str:
+    room_id = await start_room(client, name)
+    await client.send({"type": "room.join", "roomId": room_id})
+    await client.receive_until("messages")
+    return room_id
+
+
+async def test_tool_calls_run_between_model_steps(scripted_model, connect):
+    user = await sync_to_async(make_user)()
+    client = await connect(user)
+    room_id = await joined_room(client)
+    scripted_model.enqueue(
+        ScriptedReply(tokens=["Rolling."], tool_calls=[("roll_dice", '{"sides": 20}')]),
+        ScriptedReply(tokens=["You", " got", " it."]),
+    )
+    await client.send({"type": "chat.send", "requestId": "q1", "text": "roll a d20"})
+    frames = await client.receive_until("stream.done")
+    chunks = [f["chunk"] for f in frames if f["type"] == "stream.chunk"]
+    kinds = [c["type"] for c in chunks]
+    assert kinds[:2] == ["start", "start-step"]
+    assert kinds.index("tool-input-start") < kinds.index("tool-input-delta") < kinds.index("tool-input-available")
+    assert kinds.index("tool-input-available") < kinds.index("tool-output-available") < kinds.index("finish-step")
+    assert kinds.count("start-step") == 2 and kinds.count("finish-step") == 2 and kinds[-1] == "finish"
+    available = next(c for c in chunks if c["type"] == "tool-input-available")
+    assert available["toolName"] == "roll_dice" and available["input"] == {"sides": 20}
+    output = next(c for c in chunks if c["type"] == "tool-output-available")["output"]
+    assert output["sides"] == 20 and 1 <= output["result"] <= 20
+
+    message = frames[-1]["message"]
+    assert message["content"] == "Rolling.You got it." == text_of(frames)
+    tool_part = next(p for p in message["parts"] if p["type"] == "tool-roll_dice")
+    assert tool_part["state"] == "output-available" and tool_part["output"] == output
+    # The second model step saw the tool call and its result.
+    second = scripted_model.requests[1]["messages"]
+    assert second[-2]["tool_calls"][0]["function"]["name"] == "roll_dice"
+    assert second[-1]["role"] == "tool" and json.loads(second[-1]["content"]) == output
+
+
+async def test_a_failing_tool_ends_in_an_error_the_model_sees(scripted_model, connect):
+    user = await sync_to_async(make_user)()
+    client = await connect(user)
+    await joined_room(client)
+    scripted_model.enqueue(
+        ScriptedReply(tool_calls=[("roll_dice", '{"sides": 1}'), ("no_such_tool", "{}")]),
+        ScriptedReply(tokens=["Sorry."]),
+    )
+    await client.send({"type": "chat.send", "requestId": "q1", "text": "roll"})
+    frames = await client.receive_until("stream.done")
+    errors = [f["chunk"] for f in frames if f["type"] == "stream.chunk" and f["chunk"]["type"] == "tool-output-error"]
+    assert [e["errorText"] for e in errors] == ["sides must be between 2 and 1000", "there is no tool named 'no_such_tool'"]
+    assert frames[-1]["status"] == "complete"
+    tool_results = [m for m in scripted_model.requests[1]["messages"] if m["role"] == "tool"]
+    assert [json.loads(m["content"]) for m in tool_results] == [{"error": e["errorText"]} for e in errors]
+
+
+async def test_the_tool_loop_stops_after_llm_max_steps(scripted_model, connect, settings):
+    settings.LLM_MAX_STEPS = 2
+    user = await sync_to_async(make_user)()
+    client = await connect(user)
+    await joined_room(client)
+    scripted_model.enqueue(*[ScriptedReply(tool_calls=[("get_current_time", "{}")]) for _ in range(3)])
+    await client.send({"type": "chat.send", "requestId": "q1", "text": "time?"})
+    frames = await client.receive_until("stream.done")
+    assert len(scripted_model.requests) == 2
+    assert frames[-1]["status"] == "complete"
+    assert [f["chunk"] for f in frames if f["type"] == "stream.chunk"][-1] == {"type": "finish", "finishReason": "tool-calls"}
+
+
+async def test_cancel_closes_the_model_request_and_keeps_what_streamed(scripted_model, connect):
+    user = await sync_to_async(make_user)()
+    client = await connect(user)
+    await joined_room(client)
+    scripted_model.enqueue(ScriptedReply(tokens=["one", " two", " three"], hold_open=True))
+    await client.send({"type": "chat.send", "requestId": "q1", "text": "talk"})
+    streamed = []
+    while text_of(streamed) != "one two three":
+        streamed.append(await client.receive())
+    await client.send({"type": "chat.cancel", "requestId": "q1", "ref": "c"})
+    frames = await client.receive_until("stream.done")
+    assert {"type": "ack", "ref": "c"} in frames
+    done = frames[-1]
+    assert done["status"] == "aborted"
+    assert done["message"]["content"] == text_of(streamed + frames) == "one two three"
+    assert [f["chunk"]["type"] for f in frames if f["type"] == "stream.chunk"][-2:] == ["text-end", "abort"]
+    # The model server saw its connection close.
+    assert await sync_to_async(scripted_model.client_disconnected.wait)(1.0)
+    stored = await sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
+    assert (stored.status, stored.content) == ("aborted", "one two three")
+
+
+@pytest.mark.parametrize("reply", [ScriptedReply(tokens=["Par", "tial", "x", "y"], fail_after=2),
+                                   ScriptedReply(status=500)], ids=["mid-stream", "at-start"])
+async def test_a_failing_model_gives_model_error_and_keeps_what_streamed(scripted_model, connect, reply):
+    user = await sync_to_async(make_user)()
+    client = await connect(user)
+    await joined_room(client)
+    scripted_model.enqueue(reply)
+    await client.send({"type": "chat.send", "requestId": "q1", "text": "hello"})
+    frames = await client.receive_until("stream.done")
+    error = next(f for f in frames if f["type"] == "error")
+    assert error["code"] == "model_error" and error["requestId"] == "q1"
+    done = frames[-1]
+    assert done["status"] == "error"
+    expected = "Partial" if reply.fail_after else ""
+    assert done["message"]["content"] == text_of(frames) == expected
+    assert [f["chunk"]["type"] for f in frames if f["type"] == "stream.chunk"][-1] == "error"
+    stored = await sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
+    assert (stored.status, stored.content) == ("error", expected)
+
+
+async def test_closing_the_socket_does_not_stop_the_answer(scripted_model, connect):
+    user = await sync_to_async(make_user)()
+    client = await connect(user)
+    room_id = await joined_room(client)
+    scripted_model.enqueue(ScriptedReply(tokens=["a", "b", "c", "d"], delay=0.05))
+    await client.send({"type": "chat.send", "requestId": "q1", "text": "go"})
+    await client.receive_until("stream.chunk")
+    await client.close()
+    other = await connect(user)
+    await other.send({"type": "room.join", "roomId": room_id})
+    frames = await other.receive_until("stream.done")
+    assert frames[-1]["status"] == "complete" and frames[-1]["message"]["content"] == "abcd"

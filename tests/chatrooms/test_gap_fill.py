@@ -1,0 +1,38 @@
+"""A channel layer that drops messages must not cost a viewer a single chunk."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from chatrooms.scripted_model_server import ScriptedReply
+from tests.chatrooms.test_chat_flow import text_of
+from tests.factories import make_room, make_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_chunks_dropped_by_a_full_channel_queue_are_filled_from_the_database(
+    scripted_model, connect, settings, caplog
+):
+    # A queue of one message per channel: a fast model overflows it at once, as a slow socket would.
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer",
+                                           "CONFIG": {"capacity": 1}}}
+    caplog.set_level(logging.INFO, logger="chatrooms.consumers")
+    user = await sync_to_async(make_user)()
+    room = await sync_to_async(make_room)(user)
+    watchers = [await connect(user) for _ in range(3)]
+    for watcher in watchers:
+        await watcher.send({"type": "room.join", "roomId": str(room.pk)})
+        await watcher.receive_until("messages")
+    tokens = [f"{i} " for i in range(1500)]
+    scripted_model.enqueue(ScriptedReply(tokens=tokens))
+    await watchers[0].send({"type": "chat.send", "requestId": "q", "text": "fast"})
+
+    for watcher in watchers:
+        frames = await watcher.receive_until("stream.done", timeout=60)
+        indexes = [f["index"] for f in frames if f["type"] == "stream.chunk"]
+        assert indexes == list(range(len(indexes))), "every index once, in order"
+        assert text_of(frames) == "".join(tokens) == frames[-1]["message"]["content"]
+    assert "from the database" in caplog.text, "the layer dropped chunks and viewers filled the gap"

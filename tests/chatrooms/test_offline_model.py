@@ -1,0 +1,89 @@
+"""The built-in offline model: with no configuration and no network, the app answers and uses its tools."""
+from __future__ import annotations
+
+import re
+import socket
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from chatrooms.catalog import model_choices
+from chatrooms.local_model import plan_reply
+from tests.chatrooms.test_chat_flow import joined_room, text_of
+from tests.factories import make_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def offline(settings, monkeypatch):
+    """Default model settings, and any attempt to reach beyond this machine fails the test."""
+    settings.LLM_MODEL = ""
+    settings.LLM_MODELS = []
+    settings.LLM_API_BASE = None
+    settings.LLM_API_KEY = None
+    settings.LOCAL_MODEL_DELAY_MS = 0
+    attempts: list[object] = []
+    real_connect = socket.socket.connect
+
+    def guarded_connect(sock, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and not (host.startswith("127.") or host in ("::1", "localhost") or host.startswith("/")):
+            attempts.append(address)
+            raise OSError(f"network access attempted: {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    yield attempts
+    assert attempts == [], f"the offline model reached for the network: {attempts}"
+
+
+async def test_default_model_is_the_builtin_one(offline, connect):
+    user = await sync_to_async(make_user)()
+    client = await connect(user)
+    assert client.hello["models"] == [{"id": "local/demo", "label": "Built-in demo (offline)"}]
+    assert model_choices()[0]["id"] == "local/demo"
+
+
+async def test_offline_model_streams_a_useful_answer(offline, connect):
+    user = await sync_to_async(make_user)()
+    client = await connect(user)
+    await joined_room(client)
+    await client.send({"type": "chat.send", "requestId": "q", "text": "What are you?"})
+    frames = await client.receive_until("stream.done")
+    deltas = [f for f in frames if f["type"] == "stream.chunk" and f["chunk"]["type"] == "text-delta"]
+    assert len(deltas) > 20, "it streams word by word"
+    content = frames[-1]["message"]["content"]
+    assert content == text_of(frames)
+    assert "LLM_MODEL" in content and "LLM_API_BASE" in content and "What are you?" in content
+
+
+async def test_offline_model_calls_the_dice_tool(offline, connect):
+    user = await sync_to_async(make_user)()
+    client = await connect(user)
+    await joined_room(client)
+    await client.send({"type": "chat.send", "requestId": "q", "text": "Please roll a d20"})
+    frames = await client.receive_until("stream.done")
+    chunks = [f["chunk"] for f in frames if f["type"] == "stream.chunk"]
+    call = next(c for c in chunks if c["type"] == "tool-input-available")
+    assert (call["toolName"], call["input"]) == ("roll_dice", {"sides": 20})
+    result = next(c for c in chunks if c["type"] == "tool-output-available")["output"]["result"]
+    assert frames[-1]["message"]["content"] == f"🎲 You rolled a **{result}** on a d20."
+
+
+async def test_offline_model_tells_the_time_with_its_tool(offline, connect):
+    user = await sync_to_async(make_user)()
+    client = await connect(user)
+    await joined_room(client)
+    await client.send({"type": "chat.send", "requestId": "q", "text": "what time is it?"})
+    frames = await client.receive_until("stream.done")
+    chunks = [f["chunk"] for f in frames if f["type"] == "stream.chunk"]
+    assert next(c for c in chunks if c["type"] == "tool-input-available")["toolName"] == "get_current_time"
+    assert re.match(r"It is \*\*\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\*\* \(UTC\), a \w+day\.", frames[-1]["message"]["content"])
+
+
+def test_plan_reply_is_deterministic_and_only_uses_offered_tools():
+    messages = [{"role": "user", "content": "roll the dice"}]
+    assert plan_reply(messages, {"roll_dice"}) == ("", {"name": "roll_dice", "arguments": {"sides": 6}})
+    text, call = plan_reply(messages, set())
+    assert call is None and "roll the dice" in text
