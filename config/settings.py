@@ -101,8 +101,9 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
             },
-            # A file, not memory, so that threads and test-started servers share one database.
-            "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
+            # A file, not memory, so that threads and test-started servers share one database;
+            # one per test process, so that two runs on one machine never share it.
+            "TEST": {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")},
         }
     }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and DATABASE_URL:
