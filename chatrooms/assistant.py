@@ -15,7 +15,7 @@ from django.conf import settings
 from streaming.recorder import StreamRecorder, stream_still_wanted
 from streaming.ui_message import UIMessageBuilder
 
-from . import events, selectors, services, tools
+from . import events, recovery, selectors, services, tools
 from .catalog import BUILTIN_MODEL, model_for_room
 from .models import Message
 from .services import ReplyStart
@@ -230,8 +230,10 @@ class ReplyRun:
         self._close_parts()
         if status == "aborted":
             self.emit({"type": "abort"})
-        elif status in ("error", "interrupted"):
-            self.emit({"type": "error", "errorText": error_text or "The server stopped while answering."})
+        elif status == "error":
+            self.emit({"type": "error", "errorText": error_text or "The answer failed."})
+        elif status == "interrupted":
+            self.emit({"type": "error", "errorText": "The server stopped while answering; what streamed is kept."})
         try:
             await self.recorder.close()
         except Exception:
@@ -382,8 +384,19 @@ def _describe_model_error(error: Exception) -> str:
     return f"The model call failed: {text[:500]}" if text else "The model call failed."
 
 
+async def interrupt_all(timeout: float = 20) -> None:
+    """Shutdown: stop every reply of this process and let each store itself as `interrupted`."""
+    runs = list(RUNNING.values())
+    for run in runs:
+        run.request_stop("interrupted")
+    tasks = [run.task for run in runs if run.task is not None]
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+
+
 def start_reply(start: ReplyStart) -> ReplyRun:
     """Run a reply as a task of this worker process, not of the socket that asked for it."""
+    recovery.install_shutdown_hook()
     run = ReplyRun(start)
     RUNNING[start.stream_id] = run
     run.task = asyncio.get_running_loop().create_task(run.run(), name=f"reply-{start.stream_id}")

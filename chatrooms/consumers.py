@@ -12,7 +12,7 @@ from django.conf import settings
 
 from streaming.replay import chunks_after
 
-from . import assistant, events, selectors, services
+from . import assistant, events, recovery, selectors, services
 from .catalog import model_choices
 from .protocol import (
     PROTOCOL_VERSION,
@@ -46,6 +46,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.next_index: dict[str, int] = {}  # stream id -> next index this client needs
         self.stream_request: dict[str, str] = {}
         await self.channel_layer.group_add(events.user_group(self.user.pk), self.channel_name)
+        recovery.ensure_sweeper()
         await self.accept()
         await self.send_json({
             "type": "hello",
@@ -172,6 +173,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._leave()
         self.active_room = str(int(room_id))
         await self.channel_layer.group_add(events.room_group(self.active_room), self.channel_name)
+        await database_sync_to_async(recovery.streams_recover_stale)(room_id=int(self.active_room))
         try:
             snapshot = await database_sync_to_async(selectors.room_snapshot_for_user)(
                 user=self.user, room_id=self.active_room, since=since

@@ -6,6 +6,7 @@ from django.db.models import Q
 ROOM_NAME_MAX_LENGTH = 100
 SYSTEM_PROMPT_MAX_LENGTH = 8000
 MESSAGE_TEXT_MAX_LENGTH = 32000
+ROOM_STREAM_KEY_PREFIX = "room:"
 
 
 class Room(models.Model):
@@ -25,7 +26,7 @@ class Room(models.Model):
     @property
     def stream_key(self) -> str:
         """The key of this room's streams in the streaming app, which knows nothing of rooms."""
-        return f"room:{self.pk}"
+        return f"{ROOM_STREAM_KEY_PREFIX}{self.pk}"
 
 
 class Membership(models.Model):

@@ -134,7 +134,9 @@ class ScriptedModelServer:
         self.stream_started.set()
         try:
             await self._stream(request, response, reply)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
+            self.client_disconnected.set()
+        except asyncio.CancelledError:
             self.client_disconnected.set()
             raise
         return response

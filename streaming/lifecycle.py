@@ -38,13 +38,16 @@ def stream_finish(*, stream_id: uuid.UUID, status: str) -> bool:
     )
 
 
-def stale_before(now: datetime | None = None) -> datetime:
-    return (now or timezone.now()) - timedelta(seconds=settings.STREAM_STALE_SECONDS)
-
-
-def streams_stale(*, now: datetime | None = None, key_prefix: str = "") -> list[Stream]:
-    """Live streams whose worker has not beaten their heartbeat within STREAM_STALE_SECONDS."""
-    queryset = Stream.objects.filter(status=Stream.Status.STREAMING, heartbeat_at__lt=stale_before(now))
+def streams_stale(
+    *, stale_seconds: float | None = None, key: str | None = None, key_prefix: str = ""
+) -> list[Stream]:
+    """Live streams whose worker has not beaten their heartbeat within `stale_seconds`
+    (default STREAM_STALE_SECONDS)."""
+    seconds = settings.STREAM_STALE_SECONDS if stale_seconds is None else stale_seconds
+    cutoff = timezone.now() - timedelta(seconds=seconds)
+    queryset = Stream.objects.filter(status=Stream.Status.STREAMING, heartbeat_at__lt=cutoff)
+    if key is not None:
+        queryset = queryset.filter(key=key)
     if key_prefix:
         queryset = queryset.filter(key__startswith=key_prefix)
     return list(queryset.order_by("created_at"))

@@ -1,0 +1,100 @@
+"""Finishing answers whose worker is gone: stale streams become `interrupted` messages, exactly once."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import transaction
+
+from streaming.lifecycle import stream_finish, streams_stale
+from streaming.models import Stream
+from streaming.replay import chunks_after
+from streaming.ui_message import UIMessageBuilder
+
+from . import events
+from .models import ROOM_STREAM_KEY_PREFIX, Message
+from .protocol import message_to_dict
+from .selectors import room_viewer_ids
+
+logger = logging.getLogger(__name__)
+
+
+def stream_interrupt(*, stream: Stream) -> Message | None:
+    """Turn a stream's stored chunks into its message with status `interrupted` and tell the room.
+    None when someone else finished it first."""
+    with transaction.atomic():
+        if not stream_finish(stream_id=stream.pk, status=Stream.Status.INTERRUPTED):
+            return None
+        message = Message.objects.select_related("room").filter(stream=stream, status=Message.Status.STREAMING).first()
+        if message is None:
+            return None
+        builder = UIMessageBuilder()
+        stored = chunks_after(stream_id=stream.pk, after_index=-1)
+        for _index, body in stored:
+            builder.apply(json.loads(body))
+        message.status = Message.Status.INTERRUPTED
+        message.content = builder.text
+        message.parts = builder.final_parts()
+        message.save(update_fields=["status", "content", "parts", "updated_at"])
+        room = message.room
+        events.room_frame_after_commit(room.pk, {
+            "type": "stream.done",
+            "roomId": str(room.pk),
+            "requestId": stream.request_id,
+            "streamId": str(stream.pk),
+            "status": Message.Status.INTERRUPTED,
+            "message": message_to_dict(message),
+            "lastIndex": stored[-1][0] if stored else -1,
+        })
+        events.rooms_changed_after_commit(room_viewer_ids(room=room))
+    logger.warning("stream %s had no heartbeat; finished it as interrupted", stream.pk)
+    return message
+
+
+def streams_recover_stale(*, room_id: int | None = None, stale_seconds: float | None = None) -> int:
+    """Finish every stale room stream (or one room's); returns how many this call finished."""
+    if room_id is not None:
+        stale = streams_stale(stale_seconds=stale_seconds, key=f"{ROOM_STREAM_KEY_PREFIX}{room_id}")
+    else:
+        stale = streams_stale(stale_seconds=stale_seconds, key_prefix=ROOM_STREAM_KEY_PREFIX)
+    return sum(1 for stream in stale if stream_interrupt(stream=stream) is not None)
+
+
+_sweeper: asyncio.Task[None] | None = None
+
+
+def ensure_sweeper() -> None:
+    """Start this worker's periodic sweep for stale streams, once per process."""
+    global _sweeper
+    loop = asyncio.get_running_loop()
+    if _sweeper is None or _sweeper.done() or _sweeper.get_loop() is not loop:
+        _sweeper = loop.create_task(_sweep_forever(), name="stale-stream-sweeper")
+
+
+async def _sweep_forever() -> None:
+    recover = database_sync_to_async(streams_recover_stale, thread_sensitive=False)
+    while True:
+        await asyncio.sleep(max(1, settings.STREAM_STALE_SECONDS / 2))
+        try:
+            await recover()
+        except Exception:
+            logger.exception("sweeping stale streams failed; trying again later")
+
+
+def install_shutdown_hook() -> None:
+    """Under daphne, finish this worker's live answers as `interrupted` before the process exits."""
+    if "twisted.internet.reactor" not in sys.modules or getattr(install_shutdown_hook, "done", False):
+        return
+    from twisted.internet import defer, reactor
+
+    from .assistant import interrupt_all
+
+    def before_shutdown() -> defer.Deferred:
+        return defer.Deferred.fromFuture(asyncio.ensure_future(interrupt_all()))
+
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+    install_shutdown_hook.done = True  # type: ignore[attr-defined]
