@@ -103,33 +103,69 @@ async def session_cookie_for(user: Any) -> str:
     return client.cookies["sessionid"].value
 
 
-@pytest.fixture
-async def connect(replies_settled: None):
-    """connect(user) -> ChatClient past `hello` and `rooms`; every client is closed after the test."""
+async def open_chat_client(
+    user: Any, clients: list[ChatClient], *, origin: str = "http://127.0.0.1:8000", expect_hello: bool = True
+) -> ChatClient:
+    """A ChatClient for `user` (None: anonymous) past `hello` and `rooms`, remembered in `clients`."""
     from config.asgi import application
 
-    clients: list[ChatClient] = []
+    headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1:8000")]
+    if user is not None:
+        headers.append((b"cookie", f"sessionid={await session_cookie_for(user)}".encode()))
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+    connected, code = await communicator.connect(timeout=FRAME_TIMEOUT)
+    client = ChatClient(communicator)
+    client.connected, client.close_code = connected, code
+    clients.append(client)
+    if connected and expect_hello:
+        hello = await client.receive()
+        assert hello["type"] == "hello"
+        client.hello = hello
+        rooms = await client.receive()
+        assert rooms["type"] == "rooms"
+    return client
 
-    async def open_client(user: Any, *, origin: str = "http://127.0.0.1:8000", expect_hello: bool = True) -> ChatClient:
-        headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1:8000")]
-        if user is not None:
-            headers.append((b"cookie", f"sessionid={await session_cookie_for(user)}".encode()))
-        communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
-        connected, code = await communicator.connect(timeout=FRAME_TIMEOUT)
-        client = ChatClient(communicator)
-        client.connected, client.close_code = connected, code
-        clients.append(client)
-        if connected and expect_hello:
-            hello = await client.receive()
-            assert hello["type"] == "hello"
-            client.hello = hello
-            rooms = await client.receive()
-            assert rooms["type"] == "rooms"
-        return client
 
-    yield open_client
+async def close_clients(clients: list[ChatClient]) -> None:
     for client in clients:
         try:
             await client.close()
         except Exception:
             pass
+    clients.clear()
+
+
+@pytest.fixture
+async def connect(replies_settled: None):
+    """connect(user) -> ChatClient past `hello` and `rooms`; every client is closed after the test."""
+    clients: list[ChatClient] = []
+
+    async def open_client(user: Any, **options: Any) -> ChatClient:
+        return await open_chat_client(user, clients, **options)
+
+    yield open_client
+    await close_clients(clients)
+
+
+@pytest.fixture
+def connect_factory():
+    """For tests that run their own event loops (hypothesis): a fresh (connect, close_all) per loop."""
+
+    def make() -> tuple[Any, Any]:
+        channel_layers.backends.clear()
+        clients: list[ChatClient] = []
+
+        async def open_client(user: Any, **options: Any) -> ChatClient:
+            return await open_chat_client(user, clients, **options)
+
+        async def close_all() -> None:
+            await close_clients(clients)
+            running = [run.task for run in list(assistant.RUNNING.values()) if run.task]
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running, timeout=10)
+
+        return open_client, close_all
+
+    return make

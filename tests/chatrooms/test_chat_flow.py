@@ -186,3 +186,21 @@ async def test_closing_the_socket_does_not_stop_the_answer(scripted_model, conne
     await other.send({"type": "room.join", "roomId": room_id})
     frames = await other.receive_until("stream.done")
     assert frames[-1]["status"] == "complete" and frames[-1]["message"]["content"] == "abcd"
+
+
+async def test_cancel_holds_when_the_cancel_message_is_lost(scripted_model, connect):
+    """Only the database flag is set, as if the channel-layer message never arrived."""
+    user = await sync_to_async(make_user)()
+    client = await connect(user)
+    await joined_room(client)
+    scripted_model.enqueue(ScriptedReply(tokens=[f"{i} " for i in range(500)], delay=0.01))
+    await client.send({"type": "chat.send", "requestId": "q1", "text": "count"})
+    start = (await client.receive_until("stream.start"))[-1]
+    await client.receive_until("stream.chunk", timeout=10)
+    while not (await client.receive())["chunk"]["type"] == "text-delta":
+        pass
+    await sync_to_async(Stream.objects.filter(pk=start["streamId"]).update)(cancel_requested=True)
+    frames = await client.receive_until("stream.done")
+    assert frames[-1]["status"] == "aborted"
+    assert len(frames[-1]["message"]["content"].split()) < 500
+    assert await sync_to_async(scripted_model.client_disconnected.wait)(1.0)
