@@ -46,10 +46,12 @@ def fit_chunk_body(chunk: dict[str, Any], body: str, max_bytes: int) -> str:
 
 def store_batch(stream_id: uuid.UUID, batch: list[StreamChunk]) -> bool:
     """Insert a batch and beat the heartbeat in one transaction; False once the stream must stop
-    (cancel requested from anywhere, or finished by someone else)."""
+    (cancel requested from anywhere, or finished by someone else). A deleted stream stores nothing."""
     with transaction.atomic():
-        StreamChunk.objects.bulk_create(batch)
-        return stream_still_wanted(stream_id)
+        wanted = stream_still_wanted(stream_id)
+        if wanted or Stream.objects.filter(pk=stream_id).exists():
+            StreamChunk.objects.bulk_create(batch)
+        return wanted
 
 
 def stream_still_wanted(stream_id: uuid.UUID) -> bool:

@@ -73,3 +73,15 @@ async def test_a_cancel_flag_set_in_the_database_stops_the_stream_at_the_next_fl
     recorder.add(0, chunk, json.dumps(chunk))
     await asyncio.wait_for(stopped.wait(), 5)
     await recorder.close()
+
+
+async def test_chunks_of_a_deleted_stream_are_dropped_without_retrying():
+    stream_id = await sync_to_async(live_stream_id)()
+    stopped = asyncio.Event()
+    recorder = StreamRecorder(stream_id, flush_chunks=1, on_stop_requested=stopped.set)
+    await sync_to_async(Stream.objects.filter(pk=stream_id).delete)()
+    chunk = {"type": "start-step"}
+    recorder.add(0, chunk, json.dumps(chunk))
+    await asyncio.wait_for(recorder.close(), 2)
+    assert stopped.is_set() and recorder.flush_count == 1
+    assert not await sync_to_async(StreamChunk.objects.exists)()

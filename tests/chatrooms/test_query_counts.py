@@ -1,0 +1,47 @@
+"""Hot paths keep a fixed number of queries, however many rooms, messages or chunks there are."""
+from __future__ import annotations
+
+import pytest
+
+from chatrooms import selectors, services
+from chatrooms.models import Message
+from streaming.models import Stream, StreamChunk
+from streaming.recorder import store_batch
+from tests.factories import add_member, make_room, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.mark.parametrize("rooms", [1, 15])
+def test_the_room_list_is_one_query(django_assert_num_queries, rooms):
+    owner, member = make_user("o"), make_user("m")
+    for i in range(rooms):
+        room = make_room(owner, f"r{i}")
+        add_member(room, member)
+        services.chat_send(user=owner, room_id=room.pk, request_id=f"q{i}", text="hi")
+    with django_assert_num_queries(1):
+        listed = selectors.room_list_for_user(user=member)
+    assert len(listed) == rooms and all(r["streaming"] and r["messageCount"] == 1 for r in listed)
+
+
+@pytest.mark.parametrize("chunks", [1, 50])
+def test_a_recorder_flush_is_one_insert_and_one_heartbeat_whatever_its_size(django_assert_num_queries, chunks):
+    user = make_user()
+    start = services.chat_send(user=user, room_id=make_room(user).pk, request_id="q", text="hi")
+    batch = [StreamChunk(stream_id=start.stream_id, index=i, body="{}") for i in range(chunks)]
+    # SAVEPOINT/RELEASE wrap the two statements inside the test's transaction.
+    with django_assert_num_queries(4):
+        assert store_batch(start.stream_id, batch) is True
+
+
+def test_joining_reads_a_fixed_number_of_queries(django_assert_num_queries):
+    user = make_user()
+    room = make_room(user)
+    for i in range(3):
+        services.chat_send(user=user, room_id=room.pk, request_id=f"q{i}", text="hi")
+        Message.objects.filter(status="streaming").update(status="complete")
+        Stream.objects.update(status="complete")
+    services.chat_send(user=user, room_id=room.pk, request_id="live", text="hi")
+    with django_assert_num_queries(4):
+        snapshot = selectors.room_snapshot_for_user(user=user, room_id=str(room.pk), since=None)
+    assert len(snapshot.messages) == 7 and snapshot.live is not None
