@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -46,6 +47,12 @@ def get_litellm() -> ModuleType:
         {"provider": PROVIDER, "custom_handler": LocalDemoModel()},
     ]
     return litellm
+
+
+def warm_up_in_background() -> None:
+    """Import litellm on a thread while a server process starts, so that its first answer does not
+    wait seconds for the import."""
+    threading.Thread(target=get_litellm, name="litellm-import", daemon=True).start()
 
 
 class ModelFailure(Exception):

@@ -150,6 +150,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ActionRefused("not_found", "No answer with that requestId is streaming.")
         await self.send_json(_with_ref({"type": "ack"}, ref))
 
+    async def on_tool_result(self, *, ref: str | None, requestId: str, toolCallId: str, output: Any) -> None:  # noqa: N803
+        raise ActionRefused("not_found", "No tool call with that id is waiting for a result.")
+
+    async def on_tool_approval(self, *, ref: str | None, requestId: str, toolCallId: str, approved: bool) -> None:  # noqa: N803
+        raise ActionRefused("not_found", "No tool call with that id is waiting for approval.")
+
     def _cancel(self, request_id: str) -> bool:
         live = selectors.live_stream_for_user_request(user=self.user, request_id=request_id)
         return live is not None and services.chat_cancel(user=self.user, room=live[0], stream_id=live[1].stream_id)

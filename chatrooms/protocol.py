@@ -69,6 +69,8 @@ FRAME_FIELDS: dict[str, dict[str, Field]] = {
         "text": Field(str, min_length=1, max_length=MESSAGE_TEXT_MAX_LENGTH),
     },
     "chat.cancel": {"requestId": _request_id()},
+    "tool.result": {"requestId": _request_id(), "toolCallId": _id(), "output": Field(object)},
+    "tool.approval": {"requestId": _request_id(), "toolCallId": _id(), "approved": Field(bool)},
 }
 
 KIND_NAMES = {str: "a string", dict: "an object", bool: "a boolean", int: "an integer"}
@@ -81,12 +83,16 @@ def parse_frame(text: str | None, binary: bytes | None) -> dict[str, Any]:
     if len(text) > FRAME_MAX_BYTES or len(text.encode()) > FRAME_MAX_BYTES:
         raise ProtocolError("too_large", f"A frame may be at most {FRAME_MAX_BYTES} bytes.")
     try:
-        frame = json.loads(text)
+        frame = json.loads(text, parse_constant=_refuse_constant)
     except ValueError:
         raise ProtocolError("bad_request", "The frame is not valid JSON.") from None
     if not isinstance(frame, dict):
         raise ProtocolError("bad_request", "A frame must be a JSON object.")
     return frame
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 def frame_ref(frame: dict[str, Any]) -> str | None:
@@ -121,7 +127,7 @@ def validate_frame(frame: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                 raise ProtocolError("bad_request", f"`{name}` must not be empty.")
             if spec.max_length is not None and len(value) > spec.max_length:
                 raise ProtocolError("bad_request", f"`{name}` may be at most {spec.max_length} characters.")
-        if spec.max_bytes is not None and len(json.dumps(value).encode()) > spec.max_bytes:
+        if spec.max_bytes is not None and len(json.dumps(value, ensure_ascii=False).encode()) > spec.max_bytes:
             raise ProtocolError("too_large", f"`{name}` may be at most {spec.max_bytes} bytes.")
         cleaned[name] = value
     if kind == "room.join" and "since" in cleaned:

@@ -10,7 +10,10 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app regi
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from chatrooms.assistant import warm_up_in_background  # noqa: E402
 from chatrooms.routing import websocket_urlpatterns  # noqa: E402
+
+warm_up_in_background()
 
 application = ProtocolTypeRouter(
     {
