@@ -116,6 +116,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._join(roomId, since, ref)
 
     async def on_room_leave(self, *, ref: str | None, roomId: str) -> None:  # noqa: N803
+        await database_sync_to_async(selectors.room_get_for_user)(user=self.user, room_id=roomId)
         await self._leave()
         await self.send_json(_with_ref({"type": "ack"}, ref))
 

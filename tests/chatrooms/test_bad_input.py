@@ -690,3 +690,20 @@ async def test_non_ascii_body_under_16KiB_is_accepted(world: World, scripted_mod
     frames = await receive_answer(client, "stream.done")
     assert frames[-1]["type"] == "stream.done", frames[-1]
     assert frames[-1]["status"] == "complete"
+
+
+@pytest.mark.parametrize("target", ["foreign", "missing"])
+async def test_leaving_a_room_one_cannot_see_is_not_found_and_keeps_the_active_room(scripted_model, connect, target):
+    alice = await sync_to_async(make_user)("alice")
+    bob = await sync_to_async(make_user)("bob")
+    foreign = await sync_to_async(make_room)(bob, "Bob's")
+    mine = await sync_to_async(make_room)(alice, "Mine")
+    client = await connect(alice)
+    await client.send({"type": "room.join", "roomId": str(mine.pk)})
+    await client.receive_until("messages")
+    room_id = str(foreign.pk) if target == "foreign" else "999999"
+    await client.send({"type": "room.leave", "roomId": room_id, "ref": "l"})
+    error = (await client.receive_until("error"))[-1]
+    assert (error["code"], error["ref"]) == ("not_found", "l")
+    await client.send({"type": "chat.send", "requestId": "q", "text": "still here"})
+    assert (await client.receive_until("stream.done"))[-1]["message"]["content"] == "Echo: still here"
