@@ -61,7 +61,8 @@ def streams_delete_for_keys(*, keys: list[str]) -> int:
 
 def chunks_cleanup(*, older_than: datetime, batch_size: int = 5000, dry_run: bool = False) -> int:
     """Delete the chunks of streams that finished before `older_than`, in batches; live streams untouched."""
-    finished = Stream.objects.filter(finished_at__lt=older_than).exclude(status=Stream.Status.STREAMING)
+    final = [status for status in Stream.Status.values if status != Stream.Status.STREAMING]
+    finished = Stream.objects.filter(status__in=final, finished_at__lt=older_than)  # the (status, finished_at) index
     chunks = StreamChunk.objects.filter(stream__in=finished.values("pk"))
     if dry_run:
         return chunks.count()
