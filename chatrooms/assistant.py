@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from streaming.recorder import StreamRecorder, stream_still_wanted
+from streaming.recorder import StreamRecorder, StreamStorageError, stream_still_wanted
 from streaming.ui_message import UIMessageBuilder
 
 from . import events, recovery, selectors, services, tools
@@ -156,7 +156,8 @@ class ReplyRun:
         self.next_index += 1
         body = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
         self.builder.apply(chunk)
-        self.recorder.add(index, chunk, body)
+        if not self.recorder.failed:
+            self.recorder.add(index, chunk, body)
         self.relay.push(index, body)
 
     def _delta(self, kind: str, text: str) -> None:
@@ -180,9 +181,11 @@ class ReplyRun:
     # -- control -----------------------------------------------------------------------------
 
     def request_stop(self, reason: str) -> None:
-        """Stop generating (cancel, or the stream was ended elsewhere); what streamed is kept."""
-        if self.stop_reason is None and self._generation is not None and not self._generation.done():
-            self.stop_reason = reason
+        """Stop generating (cancel, shutdown, or the stream was ended elsewhere); what streamed is kept."""
+        if self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        if self._generation is not None and not self._generation.done():
             self._generation.cancel()
 
     async def _listen_for_cancel(self, channel: str) -> None:
@@ -196,20 +199,41 @@ class ReplyRun:
         beat = database_sync_to_async(stream_still_wanted, thread_sensitive=False)
         while True:
             await asyncio.sleep(settings.STREAM_HEARTBEAT_SECONDS)
-            if not await beat(self.start.stream_id):
+            try:
+                wanted = await beat(self.start.stream_id)
+            except Exception:  # a passing database error must not end the heartbeat for good
+                logger.warning("heartbeat of stream %s failed; trying again", self.start.stream_id, exc_info=True)
+                continue
+            if not wanted:
                 self.request_stop("aborted")
+
+    async def _subscribe_to_cancel(self) -> tuple[str, str] | None:
+        """Join the stream's control group; without it, cancel still arrives through the database flag."""
+        layer = get_channel_layer()
+        try:
+            channel = await layer.new_channel()
+            await layer.group_add(events.stream_control_group(self.start.stream_id), channel)
+        except Exception:
+            logger.warning("stream %s: no control channel; cancel will come through the database",
+                           self.start.stream_id, exc_info=True)
+            return None
+        return events.stream_control_group(self.start.stream_id), channel
 
     # -- the reply ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        layer = get_channel_layer()
-        control_group = events.stream_control_group(self.start.stream_id)
-        channel = await layer.new_channel()
-        await layer.group_add(control_group, channel)
-        helpers = [asyncio.create_task(self._listen_for_cancel(channel)), asyncio.create_task(self._beat())]
+        # The first chunk goes out before anything can fail or be cancelled, so every stream is a
+        # well-formed UI message stream from `start` on.
+        self.emit({"type": "start", "messageId": str(self.start.message_id)})
+        control = await self._subscribe_to_cancel()
+        helpers = [asyncio.create_task(self._beat())]
+        if control is not None:
+            helpers.append(asyncio.create_task(self._listen_for_cancel(control[1])))
         status, error_text = "complete", None
         outer_cancelled = False
         self._generation = asyncio.create_task(self._generate())
+        if self.stop_reason is not None:
+            self._generation.cancel()
         try:
             await self._generation
         except asyncio.CancelledError:
@@ -219,6 +243,9 @@ class ReplyRun:
             status = "interrupted" if outer_cancelled else (self.stop_reason or "aborted")
         except ModelFailure as failure:
             status, error_text = "error", str(failure)
+        except StreamStorageError:
+            logger.exception("stream %s: storing chunks failed", self.start.stream_id)
+            status, error_text = "error", "The answer could not be stored; what streamed is kept."
         except Exception as failure:  # a bug or the database: the stream still ends, and says so
             logger.exception("reply %s failed", self.start.stream_id)
             status, error_text = "error", f"The answer failed: {type(failure).__name__}."
@@ -227,8 +254,15 @@ class ReplyRun:
                 helper.cancel()
         try:
             await self._finish(status, error_text)
+        except Exception:
+            # The stream keeps its last heartbeat: the stale sweep finishes it as interrupted.
+            logger.exception("stream %s could not be finished; the stale sweep will", self.start.stream_id)
         finally:
-            await layer.group_discard(control_group, channel)
+            if control is not None:
+                try:
+                    await get_channel_layer().group_discard(*control)
+                except Exception:
+                    logger.warning("leaving the control group of %s failed", self.start.stream_id, exc_info=True)
             RUNNING.pop(self.start.stream_id, None)
         if outer_cancelled:
             raise asyncio.CancelledError
@@ -243,7 +277,7 @@ class ReplyRun:
             self.emit({"type": "error", "errorText": "The server stopped while answering; what streamed is kept."})
         try:
             await self.recorder.close()
-        except Exception:
+        except StreamStorageError:
             logger.exception("stream %s: chunks could not all be stored", self.start.stream_id)
             if status == "complete":
                 status, error_text = "error", "The answer could not be stored completely."
@@ -262,7 +296,6 @@ class ReplyRun:
             room_id=self.start.room_id, before_message_id=self.start.message_id
         )
         messages = history_messages(history, self.start.system_prompt or settings.LLM_SYSTEM_PROMPT)
-        self.emit({"type": "start", "messageId": str(self.start.message_id)})
         finish_reason = "stop"
         for _step in range(max(1, settings.LLM_MAX_STEPS)):
             self.emit({"type": "start-step"})
@@ -404,6 +437,7 @@ async def interrupt_all(timeout: float = 20) -> None:
 def start_reply(start: ReplyStart) -> ReplyRun:
     """Run a reply as a task of this worker process, not of the socket that asked for it."""
     recovery.install_shutdown_hook()
+    recovery.ensure_sweeper()
     run = ReplyRun(start)
     RUNNING[start.stream_id] = run
     run.task = asyncio.get_running_loop().create_task(run.run(), name=f"reply-{start.stream_id}")

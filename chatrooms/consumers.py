@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -29,8 +30,11 @@ from .services import ActionRefused
 
 logger = logging.getLogger(__name__)
 
-# How long a viewer waits for the recorder to store chunks it missed on the channel layer.
+# How many flush intervals a viewer waits for the recorder to store chunks it missed.
 GAP_FILL_ATTEMPTS = 50
+# A tracked stream quiet this long is checked against the database (then twice as long, up to the max).
+QUIET_CHECK_SECONDS = 2.0
+QUIET_CHECK_MAX_SECONDS = 30.0
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
@@ -43,8 +47,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=4401)  # before accept: the handshake is refused with 403
             return
         self.active_room: str | None = None
-        self.next_index: dict[str, int] = {}  # stream id -> next index this client needs
-        self.stream_request: dict[str, str] = {}
+        self.streams: dict[str, StreamCursor] = {}  # live streams of the active room
+        self.known_messages: set[str] = set()  # ids of messages this connection has been sent
+        self._watchdog: asyncio.Task[None] | None = None
         await self.channel_layer.group_add(events.user_group(self.user.pk), self.channel_name)
         recovery.ensure_sweeper()
         await self.accept()
@@ -57,6 +62,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._send_rooms()
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "_watchdog", None) is not None:
+            self._watchdog.cancel()
         if getattr(self, "active_room", None) is not None:
             await self.channel_layer.group_discard(events.room_group(self.active_room), self.channel_name)
         if getattr(self, "user", None) is not None and self.user.is_authenticated:
@@ -158,7 +165,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         raise ActionRefused("not_found", "No tool call with that id is waiting for approval.")
 
     def _cancel(self, request_id: str) -> bool:
-        live = selectors.live_stream_for_user_request(user=self.user, request_id=request_id)
+        live = selectors.live_stream_for_user_request(
+            user=self.user, request_id=request_id, prefer_room_id=self.active_room
+        )
         return live is not None and services.chat_cancel(user=self.user, room=live[0], stream_id=live[1].stream_id)
 
     async def _room_to_stream_in(self, room_id: str | None) -> str:
@@ -188,26 +197,34 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except RoomNotFound:
             await self._leave()
             raise
+        self.known_messages = {message["id"] for message in snapshot.messages}
         await self.send_json(_with_ref({"type": "messages", "roomId": snapshot.room_id,
                                         "messages": snapshot.messages}, ref))
         live = snapshot.live
         if live is None:
             return
-        header = {"roomId": snapshot.room_id, "requestId": live.request_id, "streamId": live.stream_id}
-        await self.send_json({"type": "stream.resuming", **header})
+        await self.send_json({"type": "stream.resuming", "roomId": snapshot.room_id,
+                              "requestId": live.request_id, "streamId": live.stream_id})
         first = since["index"] + 1 if since and since["streamId"] == live.stream_id else 0
-        self.next_index[live.stream_id] = first
-        self.stream_request[live.stream_id] = live.request_id
-        await self._send_chunks(live.stream_id, snapshot.replay, replay=True)
+        cursor = self._track(live.stream_id, live.request_id, str(live.message_id), first)
+        await self._send_chunks(cursor, snapshot.replay, replay=True)
+        replayed = [index for index, _ in snapshot.replay if first <= index < cursor.next_index]
         await self.send_json({"type": "stream.replay_complete", "roomId": snapshot.room_id,
-                              "streamId": live.stream_id, "lastIndex": self.next_index[live.stream_id] - 1})
+                              "streamId": live.stream_id, "lastIndex": replayed[-1] if replayed else -1})
 
     async def _leave(self) -> None:
         if self.active_room is not None:
             await self.channel_layer.group_discard(events.room_group(self.active_room), self.channel_name)
         self.active_room = None
-        self.next_index.clear()
-        self.stream_request.clear()
+        self.streams.clear()
+        self.known_messages = set()
+
+    def _track(self, stream_id: str, request_id: str, message_id: str, next_index: int) -> StreamCursor:
+        cursor = self.streams[stream_id] = StreamCursor(stream_id, request_id, message_id, next_index)
+        self.known_messages.add(message_id)
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_quiet_streams())
+        return cursor
 
     # -- events from the channel layer -------------------------------------------------------
 
@@ -222,16 +239,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if event["roomId"] != self.active_room:
             return
         frame = event["frame"]
-        if frame["type"] == "stream.start":
-            self.next_index[frame["streamId"]] = 0
-            self.stream_request[frame["streamId"]] = frame["requestId"]
-        elif frame["type"] == "stream.done":
-            stream_id = frame["streamId"]
-            if stream_id not in self.next_index:
+        kind = frame["type"]
+        if kind == "message.created":
+            if frame["message"]["id"] in self.known_messages:
+                return  # committed between this connection's subscribe and its read: already sent
+            self.known_messages.add(frame["message"]["id"])
+        elif kind == "stream.start":
+            if frame["streamId"] in self.streams or frame["messageId"] in self.known_messages:
+                return  # this connection's join already saw the stream
+            self._track(frame["streamId"], frame["requestId"], frame["messageId"], 0)
+        elif kind == "stream.done":
+            cursor = self.streams.get(frame["streamId"])
+            if cursor is not None:
+                await self._fill_gap(cursor, frame["lastIndex"])
+                self.streams.pop(cursor.stream_id, None)
+            elif frame["message"]["id"] in self.known_messages:
                 return  # joined after it ended: `messages` already held the final message
-            await self._fill_gap(stream_id, frame["lastIndex"])
-            del self.next_index[stream_id]
-            self.stream_request.pop(stream_id, None)
+            self.known_messages.add(frame["message"]["id"])
         await self.send_json(frame)
 
     async def room_gone(self, event: dict[str, Any]) -> None:
@@ -240,53 +264,120 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if event["frame"]["type"] == "room.deleted":
             await self._leave()
         else:
-            self.next_index.clear()
-            self.stream_request.clear()
+            self.streams.clear()
         await self.send_json(event["frame"])
 
     async def stream_chunks(self, event: dict[str, Any]) -> None:
-        stream_id = event["streamId"]
-        if event["roomId"] != self.active_room or stream_id not in self.next_index:
+        if event["roomId"] != self.active_room:
             return
+        cursor = self.streams.get(event["streamId"])
+        if cursor is None:
+            # Its stream.start never arrived (a dropped message): catch up from the database.
+            await self._catch_up(event["streamId"], event["requestId"], unknown=True)
+            cursor = self.streams.get(event["streamId"])
+            if cursor is None:
+                return
         chunks = event["chunks"]
-        if chunks[0][0] > self.next_index[stream_id]:
+        if chunks[0][0] > cursor.next_index:
             # The channel layer dropped something: take the missing chunks from the database.
-            await self._fill_gap(stream_id, chunks[0][0] - 1)
-        await self._send_chunks(stream_id, chunks, replay=False)
+            await self._fill_gap(cursor, chunks[0][0] - 1)
+        await self._send_chunks(cursor, chunks, replay=False)
 
-    async def _send_chunks(self, stream_id: str, chunks: list[tuple[int, str]] | list[list[Any]], *, replay: bool) -> None:
-        expected = self.next_index[stream_id]
-        request_id = self.stream_request[stream_id]
+    async def stream_check(self, event: dict[str, Any]) -> None:
+        """A tracked stream has been quiet: make sure nothing was lost on the way."""
+        cursor = self.streams.get(event["streamId"])
+        if cursor is not None and self.active_room is not None:
+            # Re-subscribe in case the layer expired this connection from the room's group.
+            await self.channel_layer.group_add(events.room_group(self.active_room), self.channel_name)
+            await self._catch_up(cursor.stream_id, cursor.request_id, unknown=False)
+
+    async def _catch_up(self, stream_id: str, request_id: str, *, unknown: bool) -> None:
+        """Bring one stream up to date from the database: chunks this connection still owes, and
+        stream.done if it has ended (its own message may have been lost)."""
+        cursor = self.streams.get(stream_id)
+        after = cursor.next_index - 1 if cursor else -1
+        progress = await database_sync_to_async(selectors.stream_progress_for_room)(
+            room_id=self.active_room, stream_id=stream_id, after_index=after
+        )
+        if progress is None:
+            self.streams.pop(stream_id, None)
+            return
+        if cursor is None:
+            if not unknown or progress.message_id in self.known_messages:
+                return
+            await self.send_json({"type": "stream.start", "roomId": self.active_room, "requestId": request_id,
+                                  "streamId": stream_id, "messageId": progress.message_id})
+            cursor = self._track(stream_id, progress.request_id, progress.message_id, 0)
+        await self._send_chunks(cursor, progress.chunks, replay=False)
+        if progress.done is not None and cursor.next_index > progress.done["lastIndex"]:
+            self.streams.pop(stream_id, None)
+            await self.send_json(progress.done)
+
+    async def _watch_quiet_streams(self) -> None:
+        """While streams are tracked, ask the consumer (through its own channel, so the check runs in
+        order with everything else) to check each one that has been quiet for a while."""
+        while self.streams:
+            await asyncio.sleep(QUIET_CHECK_SECONDS / 2)
+            now = time.monotonic()
+            for cursor in list(self.streams.values()):
+                if now - cursor.last_activity >= cursor.quiet_after:
+                    cursor.quiet_after = min(cursor.quiet_after * 2, QUIET_CHECK_MAX_SECONDS)
+                    cursor.last_activity = now
+                    await self.channel_layer.send(self.channel_name, {"type": "stream.check",
+                                                                      "streamId": cursor.stream_id})
+
+    async def _send_chunks(self, cursor: StreamCursor, chunks: list[tuple[int, str]] | list[list[Any]],
+                           *, replay: bool) -> None:
+        expected = cursor.next_index
         for index, body in chunks:
             if index < expected:
                 continue  # already sent
             if index > expected:
                 break  # never skip: the caller fills gaps first
             await self.send(text_data=chunk_frame_text(
-                room_id=self.active_room, request_id=request_id, stream_id=stream_id,  # type: ignore[arg-type]
+                room_id=self.active_room, request_id=cursor.request_id, stream_id=cursor.stream_id,  # type: ignore[arg-type]
                 index=index, body=body, replay=replay,
             ))
             expected += 1
-        self.next_index[stream_id] = expected
+        if expected != cursor.next_index:
+            cursor.next_index = expected
+            cursor.heard_from()
 
-    async def _fill_gap(self, stream_id: str, through: int) -> None:
+    async def _fill_gap(self, cursor: StreamCursor, through: int) -> None:
         """Send chunks next_index..through from the database, waiting for the recorder's flush if the
         live relay got ahead of it."""
-        read = database_sync_to_async(chunks_after)
-        if self.next_index[stream_id] > through:
+        if cursor.next_index > through:
             return
-        logger.info("stream %s: filling chunks %d..%d from the database", stream_id, self.next_index[stream_id], through)
+        logger.info("stream %s: filling chunks %d..%d from the database", cursor.stream_id, cursor.next_index, through)
+        read = database_sync_to_async(chunks_after)
         for _attempt in range(GAP_FILL_ATTEMPTS):
-            stored = await read(stream_id=stream_id, after_index=self.next_index[stream_id] - 1, up_to=through)
-            await self._send_chunks(stream_id, stored, replay=False)
-            if self.next_index[stream_id] > through:
+            stored = await read(stream_id=cursor.stream_id, after_index=cursor.next_index - 1, up_to=through)
+            await self._send_chunks(cursor, stored, replay=False)
+            if cursor.next_index > through:
                 return
             await asyncio.sleep(settings.STREAM_FLUSH_MS / 1000)
-        logger.error("stream %s: chunks %d..%d never reached the database", stream_id,
-                     self.next_index[stream_id], through)
+        logger.error("stream %s: chunks %d..%d never reached the database", cursor.stream_id,
+                     cursor.next_index, through)
         await self.send_json(error_frame("internal", "Part of this answer was lost; reload the room.",
-                                         roomId=self.active_room, streamId=stream_id))
-        self.next_index[stream_id] = through + 1
+                                         roomId=self.active_room, streamId=cursor.stream_id))
+        cursor.next_index = through + 1
+
+
+class StreamCursor:
+    """What one connection has sent of one live stream, and when it last heard of it."""
+
+    __slots__ = ("stream_id", "request_id", "message_id", "next_index", "last_activity", "quiet_after")
+
+    def __init__(self, stream_id: str, request_id: str, message_id: str, next_index: int) -> None:
+        self.stream_id = stream_id
+        self.request_id = request_id
+        self.message_id = message_id
+        self.next_index = next_index
+        self.heard_from()
+
+    def heard_from(self) -> None:
+        self.last_activity = time.monotonic()
+        self.quiet_after = QUIET_CHECK_SECONDS
 
 
 def _with_ref(frame: dict[str, Any], ref: str | None) -> dict[str, Any]:

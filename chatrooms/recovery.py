@@ -10,7 +10,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import transaction
 
-from streaming.lifecycle import stream_finish, streams_stale
+from streaming.lifecycle import stale_cutoff, stream_finish, streams_stale
 from streaming.models import Stream
 from streaming.replay import chunks_after
 from streaming.ui_message import UIMessageBuilder
@@ -23,11 +23,12 @@ from .selectors import room_viewer_ids
 logger = logging.getLogger(__name__)
 
 
-def stream_interrupt(*, stream: Stream) -> Message | None:
-    """Turn a stream's stored chunks into its message with status `interrupted` and tell the room.
-    None when someone else finished it first."""
+def stream_interrupt(*, stream: Stream, stale_seconds: float | None = None) -> Message | None:
+    """Turn a stale stream's stored chunks into its message with status `interrupted` and tell the
+    room. None when someone else finished it first, or its worker beat again in the meantime."""
     with transaction.atomic():
-        if not stream_finish(stream_id=stream.pk, status=Stream.Status.INTERRUPTED):
+        cutoff = stale_cutoff(stale_seconds)
+        if not stream_finish(stream_id=stream.pk, status=Stream.Status.INTERRUPTED, if_stale_before=cutoff):
             return None
         message = Message.objects.select_related("room").filter(stream=stream, status=Message.Status.STREAMING).first()
         if message is None:
@@ -61,7 +62,7 @@ def streams_recover_stale(*, room_id: int | None = None, stale_seconds: float | 
         stale = streams_stale(stale_seconds=stale_seconds, key=f"{ROOM_STREAM_KEY_PREFIX}{room_id}")
     else:
         stale = streams_stale(stale_seconds=stale_seconds, key_prefix=ROOM_STREAM_KEY_PREFIX)
-    return sum(1 for stream in stale if stream_interrupt(stream=stream) is not None)
+    return sum(1 for stream in stale if stream_interrupt(stream=stream, stale_seconds=stale_seconds) is not None)
 
 
 _sweeper: asyncio.Task[None] | None = None

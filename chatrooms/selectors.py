@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
-from streaming.replay import chunks_after
+from streaming.replay import chunks_after, last_chunk_index
 
 from .models import Membership, Message, Room
 from .protocol import message_to_dict, room_to_dict
@@ -104,15 +104,17 @@ def room_snapshot_for_user(*, user: AbstractBaseUser, room_id: str, since: dict[
     return RoomSnapshot(str(room.pk), messages_for_room(room=room), live, replay)
 
 
-def live_stream_for_user_request(*, user: AbstractBaseUser, request_id: str) -> tuple[Room, LiveStream] | None:
-    """The live stream started with this request id in a room the user can see."""
-    message = (
+def live_stream_for_user_request(
+    *, user: AbstractBaseUser, request_id: str, prefer_room_id: str | None = None
+) -> tuple[Room, LiveStream] | None:
+    """The live stream started with this request id in a room the user can see; request ids are
+    the clients' own, so one in `prefer_room_id` (the connection's active room) wins."""
+    candidates = list(
         Message.objects.filter(
             room__in=rooms_visible_to(user), status=Message.Status.STREAMING, stream__request_id=request_id
-        )
-        .select_related("stream")
-        .first()
+        ).select_related("stream")
     )
+    message = next((m for m in candidates if str(m.room_id) == prefer_room_id), candidates[0] if candidates else None)
     if message is None or message.stream is None:
         return None
     room = room_get_for_user(user=user, room_id=message.room_id)
@@ -126,3 +128,38 @@ def history_for_model(*, room_id: int, before_message_id: int) -> list[Message]:
         .exclude(status=Message.Status.STREAMING)
         .order_by("id")
     )
+
+
+@dataclass(frozen=True)
+class StreamProgress:
+    """A stream as the database has it: chunks after an index, and its stream.done frame once ended."""
+
+    message_id: str
+    request_id: str
+    chunks: list[tuple[int, str]]
+    done: dict[str, Any] | None
+
+
+def stream_progress_for_room(*, room_id: str, stream_id: str, after_index: int) -> StreamProgress | None:
+    """None if the stream is not (or no longer) one of this room's."""
+    message = (
+        Message.objects.filter(room_id=int(room_id), stream_id=stream_id)
+        .select_related("stream", "author")
+        .first()
+    )
+    if message is None or message.stream is None:
+        return None
+    chunks = chunks_after(stream_id=stream_id, after_index=after_index)
+    done = None
+    if message.status != Message.Status.STREAMING:
+        last_index = chunks[-1][0] if chunks else last_chunk_index(stream_id=stream_id)
+        done = {
+            "type": "stream.done",
+            "roomId": str(message.room_id),
+            "requestId": message.stream.request_id,
+            "streamId": stream_id,
+            "status": message.status,
+            "message": message_to_dict(message),
+            "lastIndex": last_index,
+        }
+    return StreamProgress(str(message.pk), message.stream.request_id, chunks, done)

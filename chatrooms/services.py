@@ -132,7 +132,8 @@ def _start_reply(*, room: Room, request_id: str, body: dict[str, Any] | None) ->
     _touch(room)
     events.room_frame_after_commit(
         room.pk,
-        {"type": "stream.start", "roomId": str(room.pk), "requestId": request_id, "streamId": str(stream.pk)},
+        {"type": "stream.start", "roomId": str(room.pk), "requestId": request_id, "streamId": str(stream.pk),
+         "messageId": str(placeholder.pk)},
     )
     events.rooms_changed_after_commit(room_viewer_ids(room=room))
     return ReplyStart(

@@ -27,15 +27,22 @@ def stream_request_cancel(*, stream_id: uuid.UUID) -> bool:
     )
 
 
-def stream_finish(*, stream_id: uuid.UUID, status: str) -> bool:
-    """Move a live stream to a final status. Exactly one caller wins; the others get False."""
+def stream_finish(*, stream_id: uuid.UUID, status: str, if_stale_before: datetime | None = None) -> bool:
+    """Move a live stream to a final status. Exactly one caller wins; the others get False.
+    With `if_stale_before`, only while its heartbeat is still older than that: a worker that beat
+    in the meantime keeps its stream."""
     if status == Stream.Status.STREAMING:
         raise ValueError("a stream cannot finish as streaming")
-    return bool(
-        Stream.objects.filter(pk=stream_id, status=Stream.Status.STREAMING).update(
-            status=status, finished_at=timezone.now()
-        )
-    )
+    live = Stream.objects.filter(pk=stream_id, status=Stream.Status.STREAMING)
+    if if_stale_before is not None:
+        live = live.filter(heartbeat_at__lt=if_stale_before)
+    return bool(live.update(status=status, finished_at=timezone.now()))
+
+
+def stale_cutoff(stale_seconds: float | None = None) -> datetime:
+    """Heartbeats older than this are stale (default STREAM_STALE_SECONDS ago)."""
+    seconds = settings.STREAM_STALE_SECONDS if stale_seconds is None else stale_seconds
+    return timezone.now() - timedelta(seconds=seconds)
 
 
 def streams_stale(
@@ -43,9 +50,7 @@ def streams_stale(
 ) -> list[Stream]:
     """Live streams whose worker has not beaten their heartbeat within `stale_seconds`
     (default STREAM_STALE_SECONDS)."""
-    seconds = settings.STREAM_STALE_SECONDS if stale_seconds is None else stale_seconds
-    cutoff = timezone.now() - timedelta(seconds=seconds)
-    queryset = Stream.objects.filter(status=Stream.Status.STREAMING, heartbeat_at__lt=cutoff)
+    queryset = Stream.objects.filter(status=Stream.Status.STREAMING, heartbeat_at__lt=stale_cutoff(stale_seconds))
     if key is not None:
         queryset = queryset.filter(key=key)
     if key_prefix:

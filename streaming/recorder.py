@@ -91,6 +91,10 @@ class StreamRecorder:
         self._failure: BaseException | None = None
         self._store = database_sync_to_async(store_batch, thread_sensitive=False)
 
+    @property
+    def failed(self) -> bool:
+        return self._failure is not None
+
     def add(self, index: int, chunk: dict[str, Any], body: str) -> None:
         """Buffer one chunk; never waits. Call `wait_for_room` after it to respect the bound."""
         if self._failure:
@@ -104,7 +108,10 @@ class StreamRecorder:
             self._timer = asyncio.get_running_loop().call_later(self.flush_seconds, self._start_flush)
 
     async def wait_for_room(self) -> None:
-        """Backpressure: while the buffer is over its bound, wait for the database to catch up."""
+        """Backpressure: while the buffer is over its bound, wait for the database to catch up.
+        Raises once storing has failed for good."""
+        if self._failure:
+            raise StreamStorageError("storing the stream failed") from self._failure
         while len(self._pending) >= self.max_buffer and self._flushing is not None:
             await asyncio.shield(self._flushing)
         if len(self._pending) >= self.max_buffer:
