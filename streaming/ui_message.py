@@ -31,7 +31,8 @@ class UIMessageBuilder:
         if kind == "start-step":
             self.parts.append({"type": "step-start"})
         elif kind in ("text-start", "reasoning-start"):
-            part = {"type": kind.split("-")[0], "text": ""}
+            # As the AI SDK (v7) builds them: reasoning parts keep their id, text parts do not.
+            part = {"type": "text", "text": ""} if kind == "text-start" else {"type": "reasoning", "id": chunk["id"], "text": ""}
             self.parts.append(part)
             self._open[(part["type"], chunk["id"])] = part
         elif kind in ("text-delta", "reasoning-delta"):
