@@ -12,6 +12,7 @@ from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
+import config.asgi  # noqa: F401  (set up once now: django.setup() re-applies LOGGING, which would drop caplog's handler mid-test)
 from chatrooms import assistant
 from chatrooms.scripted_model_server import ScriptedModelServer
 

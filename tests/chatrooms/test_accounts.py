@@ -48,3 +48,9 @@ def test_login_logout_and_the_home_page(client):
     assert "Mine &lt;b&gt;bold&lt;/b&gt;" in page
     assert client.post("/accounts/logout/").status_code == 302
     assert client.get("/").status_code == 302
+
+
+def test_static_files_are_served_by_the_app_itself(client):
+    response = client.get("/static/chatrooms/app.css")
+    assert response.status_code == 200
+    assert b".topbar" in b"".join(response.streaming_content)
