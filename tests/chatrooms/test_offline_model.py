@@ -45,12 +45,16 @@ async def test_default_model_is_the_builtin_one(offline, connect):
     assert model_choices()[0]["id"] == "local/demo"
 
 
-async def test_offline_model_streams_a_useful_answer(offline, connect):
-    user = await sync_to_async(make_user)()
-    client = await connect(user)
+async def ask(connect, text: str) -> list[dict]:
+    """Every frame of one question to the offline model, up to its stream.done."""
+    client = await connect(await sync_to_async(make_user)())
     await joined_room(client)
-    await client.send({"type": "chat.send", "requestId": "q", "text": "What are you?"})
-    frames = await client.receive_until("stream.done")
+    await client.send({"type": "chat.send", "requestId": "q", "text": text})
+    return await client.receive_until("stream.done")
+
+
+async def test_offline_model_streams_a_useful_answer(offline, connect):
+    frames = await ask(connect, "What are you?")
     deltas = [f for f in frames if f["type"] == "stream.chunk" and f["chunk"]["type"] == "text-delta"]
     assert len(deltas) > 20, "it streams word by word"
     content = frames[-1]["message"]["content"]
@@ -59,11 +63,7 @@ async def test_offline_model_streams_a_useful_answer(offline, connect):
 
 
 async def test_offline_model_calls_the_dice_tool(offline, connect):
-    user = await sync_to_async(make_user)()
-    client = await connect(user)
-    await joined_room(client)
-    await client.send({"type": "chat.send", "requestId": "q", "text": "Please roll a d20"})
-    frames = await client.receive_until("stream.done")
+    frames = await ask(connect, "Please roll a d20")
     chunks = [f["chunk"] for f in frames if f["type"] == "stream.chunk"]
     call = next(c for c in chunks if c["type"] == "tool-input-available")
     assert (call["toolName"], call["input"]) == ("roll_dice", {"sides": 20})
@@ -72,11 +72,7 @@ async def test_offline_model_calls_the_dice_tool(offline, connect):
 
 
 async def test_offline_model_tells_the_time_with_its_tool(offline, connect):
-    user = await sync_to_async(make_user)()
-    client = await connect(user)
-    await joined_room(client)
-    await client.send({"type": "chat.send", "requestId": "q", "text": "what time is it?"})
-    frames = await client.receive_until("stream.done")
+    frames = await ask(connect, "what time is it?")
     chunks = [f["chunk"] for f in frames if f["type"] == "stream.chunk"]
     assert next(c for c in chunks if c["type"] == "tool-input-available")["toolName"] == "get_current_time"
     assert re.match(r"It is \*\*\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\*\* \(UTC\), a \w+day\.", frames[-1]["message"]["content"])
