@@ -83,3 +83,40 @@ def test_plan_reply_is_deterministic_and_only_uses_offered_tools():
     assert plan_reply(messages, {"roll_dice"}) == ("", {"name": "roll_dice", "arguments": {"sides": 6}})
     text, call = plan_reply(messages, set())
     assert call is None and "roll the dice" in text
+
+
+def test_importing_and_configuring_litellm_makes_no_network_call():
+    """In a fresh process, so that the import itself is watched."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = (
+        "import socket\n"
+        "attempts = []\n"
+        "real = socket.socket.connect\n"
+        "def guard(sock, address):\n"
+        "    host = address[0] if isinstance(address, tuple) else address\n"
+        "    if isinstance(host, str) and not (host.startswith('127.') or host in ('::1', 'localhost') or host.startswith('/')):\n"
+        "        attempts.append(address)\n"
+        "        raise OSError('network access attempted')\n"
+        "    return real(sock, address)\n"
+        "socket.socket.connect = guard\n"
+        "real_getaddrinfo = socket.getaddrinfo\n"
+        "def lookup(host, *args, **kwargs):\n"
+        "    if host not in (None, 'localhost') and not str(host).startswith('127.'):\n"
+        "        attempts.append(host)\n"
+        "    return real_getaddrinfo(host, *args, **kwargs)\n"
+        "socket.getaddrinfo = lookup\n"
+        "import django, os\n"
+        "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings')\n"
+        "django.setup()\n"
+        "from chatrooms.assistant import get_litellm\n"
+        "get_litellm()\n"
+        "print('attempts:', attempts)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in __import__("os").environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}
+    result = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,
+                            timeout=120, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "attempts: []"
