@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
 from django.test import Client
@@ -100,7 +100,7 @@ class ChatClient:
 
 async def session_cookie_for(user: Any) -> str:
     client = Client()
-    await sync_to_async(client.force_login)(user)
+    await database_sync_to_async(client.force_login)(user)
     return client.cookies["sessionid"].value
 
 

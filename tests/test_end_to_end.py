@@ -9,7 +9,7 @@ from http.cookiejar import CookieJar
 
 import pytest
 import websockets
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from chatrooms.models import Message
 from chatrooms.scripted_model_server import ScriptedReply
@@ -56,8 +56,8 @@ def worker(model_server):
 
 
 async def test_a_script_logs_in_chats_and_cancels_over_a_real_server(worker, model_server):
-    await sync_to_async(make_user)("scripter", "a-long-enough-password")
-    cookie = await sync_to_async(log_in)(worker.http_url, "scripter", "a-long-enough-password")
+    await database_sync_to_async(make_user)("scripter", "a-long-enough-password")
+    cookie = await database_sync_to_async(log_in)(worker.http_url, "scripter", "a-long-enough-password")
     async with websockets.connect(worker.ws_url, additional_headers={"Cookie": cookie, "Origin": worker.http_url}) as ws:
         hello = json.loads(await ws.recv())
         assert hello["type"] == "hello" and hello["user"]["username"] == "scripter" and hello["protocol"] == 1
@@ -71,7 +71,7 @@ async def test_a_script_logs_in_chats_and_cancels_over_a_real_server(worker, mod
         text = "".join(f["chunk"]["delta"] for f in frames
                        if f["type"] == "stream.chunk" and f["chunk"]["type"] == "text-delta")
         assert text == "Hi from the model" == frames[-1]["message"]["content"]
-        stored = await sync_to_async(Message.objects.get)(pk=int(frames[-1]["message"]["id"]))
+        stored = await database_sync_to_async(Message.objects.get)(pk=int(frames[-1]["message"]["id"]))
         assert stored.content == text and stored.status == "complete"
 
         model_server.enqueue(ScriptedReply(tokens=["never", " ending"], hold_open=True))
@@ -80,7 +80,7 @@ async def test_a_script_logs_in_chats_and_cancels_over_a_real_server(worker, mod
         await ws.send(json.dumps({"type": "chat.cancel", "requestId": "r2"}))
         done = (await frames_until(ws, "stream.done"))[-1]
         assert done["status"] == "aborted"
-        assert await sync_to_async(model_server.client_disconnected.wait)(1.0), "the model request was closed"
+        assert await database_sync_to_async(model_server.client_disconnected.wait)(1.0), "the model request was closed"
 
 
 async def test_the_socket_refuses_anonymous_and_foreign_origin(worker):
@@ -88,8 +88,8 @@ async def test_the_socket_refuses_anonymous_and_foreign_origin(worker):
         async with websockets.connect(worker.ws_url, additional_headers={"Origin": worker.http_url}):
             pass
     assert refused.value.response.status_code == 403
-    await sync_to_async(make_user)("scripter", "a-long-enough-password")
-    cookie = await sync_to_async(log_in)(worker.http_url, "scripter", "a-long-enough-password")
+    await database_sync_to_async(make_user)("scripter", "a-long-enough-password")
+    cookie = await database_sync_to_async(log_in)(worker.http_url, "scripter", "a-long-enough-password")
     with pytest.raises(websockets.exceptions.InvalidStatus) as foreign:
         async with websockets.connect(worker.ws_url, additional_headers={"Cookie": cookie, "Origin": "http://evil.example"}):
             pass

@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 import websockets
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from chatrooms.models import Message
 from chatrooms.scripted_model_server import ScriptedReply
@@ -61,7 +61,7 @@ def worker_env(model_server, redis_url: str) -> dict[str, str]:
 
 
 async def open_socket(worker: DaphneWorker):
-    cookie = await sync_to_async(log_in)(worker.http_url, "sam", "a-long-enough-password")
+    cookie = await database_sync_to_async(log_in)(worker.http_url, "sam", "a-long-enough-password")
     ws = await websockets.connect(worker.ws_url, additional_headers={"Cookie": cookie, "Origin": worker.http_url})
     await frames_until(ws, "rooms")
     return ws
@@ -74,7 +74,7 @@ def text_of(frames: list[dict]) -> str:
 
 async def test_join_cancel_and_recovery_across_two_workers(model_server, redis_url):
     model_server.reset()
-    await sync_to_async(make_user)("sam", "a-long-enough-password")
+    await database_sync_to_async(make_user)("sam", "a-long-enough-password")
     env = worker_env(model_server, redis_url)
     worker_a, worker_b = DaphneWorker(env).start(), DaphneWorker(env).start()
     try:
@@ -120,7 +120,7 @@ async def test_join_cancel_and_recovery_across_two_workers(model_server, redis_u
         worker_a.stop(signal.SIGKILL)
         done = (await frames_until(on_b, "stream.done"))[-1]
         assert done["status"] == "interrupted" and done["requestId"] == "r2"
-        stored = await sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
+        stored = await database_sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
         assert stored.status == "interrupted" and stored.content == done["message"]["content"]
         assert stored.content == "last words" == text_of(live)
         await on_b.close()

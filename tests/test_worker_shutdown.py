@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import websockets
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from chatrooms.models import Message
 from chatrooms.scripted_model_server import ScriptedReply
@@ -27,7 +27,7 @@ def worker_env(model_server, **extra: str) -> dict[str, str]:
 
 async def start_answer(worker: DaphneWorker, model_server) -> tuple[object, str, str]:
     """Log in, create a room, and have a never-ending answer stream all of TOKENS."""
-    cookie = await sync_to_async(log_in)(worker.http_url, "sam", "a-long-enough-password")
+    cookie = await database_sync_to_async(log_in)(worker.http_url, "sam", "a-long-enough-password")
     ws = await websockets.connect(worker.ws_url, additional_headers={"Cookie": cookie, "Origin": worker.http_url})
     await frames_until(ws, "rooms")
     await ws.send(json.dumps({"type": "room.create", "name": "R"}))
@@ -44,21 +44,21 @@ async def start_answer(worker: DaphneWorker, model_server) -> tuple[object, str,
 
 async def wait_for_chunks_stored(stream_id: str | None, count: int) -> None:
     chunks = StreamChunk.objects.filter(stream_id=stream_id) if stream_id else StreamChunk.objects.all()
-    while await sync_to_async(chunks.count)() < count:
+    while await database_sync_to_async(chunks.count)() < count:
         await asyncio.sleep(0.05)  # the recorder's flush timer has no event a test can wait on
 
 
 async def test_sigterm_finishes_live_answers_as_interrupted(model_server):
     model_server.reset()
-    await sync_to_async(make_user)("sam", "a-long-enough-password")
+    await database_sync_to_async(make_user)("sam", "a-long-enough-password")
     worker = DaphneWorker(worker_env(model_server)).start()
     try:
         ws, room_id, shown = await start_answer(worker, model_server)
         stopped = await asyncio.to_thread(worker.stop, signal.SIGTERM)
         assert stopped is not None
-        message = await sync_to_async(Message.objects.get)(role="assistant")
+        message = await database_sync_to_async(Message.objects.get)(role="assistant")
         assert message.status == "interrupted" and message.content == shown
-        assert await sync_to_async(Stream.objects.filter(status="interrupted").count)() == 1
+        assert await database_sync_to_async(Stream.objects.filter(status="interrupted").count)() == 1
         assert model_server.client_disconnected.wait(2)
         await ws.close()
     finally:
@@ -67,17 +67,17 @@ async def test_sigterm_finishes_live_answers_as_interrupted(model_server):
 
 async def test_after_sigkill_another_worker_finishes_the_stream_on_join(model_server):
     model_server.reset()
-    await sync_to_async(make_user)("sam", "a-long-enough-password")
+    await database_sync_to_async(make_user)("sam", "a-long-enough-password")
     doomed = DaphneWorker(worker_env(model_server)).start()
     ws, room_id, shown = await start_answer(doomed, model_server)
     await wait_for_chunks_stored(None, 3 + len(TOKENS))  # start, start-step, text-start, the deltas
     doomed.stop(signal.SIGKILL)
-    stored = await sync_to_async(StreamChunk.objects.count)()
+    stored = await database_sync_to_async(StreamChunk.objects.count)()
 
     survivor = DaphneWorker(worker_env(model_server, STREAM_STALE_SECONDS="1")).start()
     try:
         await asyncio.sleep(1.2)  # let the dead worker's heartbeat age past STREAM_STALE_SECONDS
-        cookie = await sync_to_async(log_in)(survivor.http_url, "sam", "a-long-enough-password")
+        cookie = await database_sync_to_async(log_in)(survivor.http_url, "sam", "a-long-enough-password")
         async with websockets.connect(survivor.ws_url,
                                       additional_headers={"Cookie": cookie, "Origin": survivor.http_url}) as ws2:
             await frames_until(ws2, "rooms")
@@ -86,6 +86,6 @@ async def test_after_sigkill_another_worker_finishes_the_stream_on_join(model_se
         answer = messages[-1]
         assert answer["status"] == "interrupted"
         assert answer["content"] == shown, "every chunk the client was shown had been flushed"
-        assert await sync_to_async(StreamChunk.objects.count)() == stored
+        assert await database_sync_to_async(StreamChunk.objects.count)() == stored
     finally:
         survivor.stop()

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from chatrooms.models import Message
 from chatrooms.scripted_model_server import ScriptedReply
@@ -47,7 +47,7 @@ SCENARIOS = {
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 async def test_the_ai_sdk_reads_our_stream_into_the_stored_message(scripted_model, connect, scenario):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     await joined_room(client)
     scripted_model.enqueue(*SCENARIOS[scenario])
@@ -57,7 +57,7 @@ async def test_the_ai_sdk_reads_our_stream_into_the_stored_message(scripted_mode
 
 
 async def test_the_ai_sdk_reads_an_aborted_stream(scripted_model, connect):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     await joined_room(client)
     scripted_model.enqueue(ScriptedReply(tokens=["Stop", " me"], hold_open=True))
@@ -71,11 +71,11 @@ async def test_the_ai_sdk_reads_an_aborted_stream(scripted_model, connect):
 
 
 async def check_against_ai_sdk(done: dict) -> None:
-    bodies = await sync_to_async(list)(
+    bodies = await database_sync_to_async(list)(
         StreamChunk.objects.filter(stream_id=done["streamId"]).order_by("index").values_list("body", flat=True))
     chunks = [json.loads(body) for body in bodies]
-    result = await sync_to_async(read_with_ai_sdk)(chunks)
-    stored = await sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
+    result = await database_sync_to_async(read_with_ai_sdk)(chunks)
+    stored = await database_sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
     expected_errors = [c["errorText"] for c in chunks if c["type"] == "error"]
     assert [e.split(": ", 1)[-1] for e in result["errors"]] == expected_errors
     assert result["message"]["id"] == str(stored.pk)

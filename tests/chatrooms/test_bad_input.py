@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from chatrooms.models import Membership, Message, Room
@@ -89,7 +89,7 @@ def build_world() -> World:
 @pytest.fixture
 async def world(transactional_db: None, settings: Any) -> World:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # users are made per test
-    return await sync_to_async(build_world)()
+    return await database_sync_to_async(build_world)()
 
 
 def db_counts() -> dict[str, int]:
@@ -148,19 +148,19 @@ async def expect_lone_error(client: Any, code: str | frozenset[str], ref: Any) -
 
 
 async def assert_nothing_written(before: dict[str, Any], *, live: bool = False) -> None:
-    after = await sync_to_async(db_state)(live=live)
+    after = await database_sync_to_async(db_state)(live=live)
     assert after["counts"] == before["counts"]
     assert after == before
 
 
 async def assert_still_serves(client: Any) -> None:
     """The connection is open and works: a valid `room.create` is answered `room.created`."""
-    counts = await sync_to_async(db_counts)()
+    counts = await database_sync_to_async(db_counts)()
     await client.send({"type": "room.create", "name": "  Still here  ", "ref": "still-open"})
     frames = await client.receive_until("room.created")
     assert [f for f in frames if f["type"] == "error"] == [], frames
     assert frames[-1]["ref"] == "still-open" and frames[-1]["room"]["name"] == "Still here"
-    after = await sync_to_async(db_counts)()
+    after = await database_sync_to_async(db_counts)()
     assert after == {**counts, "Room": counts["Room"] + 1}
 
 
@@ -410,7 +410,7 @@ async def test_bad_frame_gets_its_error_and_changes_nothing(case: Case, world: W
     client = await connect(world.alice)
     if case.join:
         await join(client, getattr(world, case.join))
-    before = await sync_to_async(db_state)()
+    before = await database_sync_to_async(db_state)()
 
     payload = case.make(world)
     ref = case.ref
@@ -462,7 +462,7 @@ async def test_unseen_room_is_not_found_and_indistinguishable(frame_name: str, w
     room exists (bob's) or not."""
     client = await connect(world.alice)
     await join(client, world.mine)  # an active room must not change the answer, nor be lost
-    before = await sync_to_async(db_state)()
+    before = await database_sync_to_async(db_state)()
 
     raw: dict[str, str] = {}
     for target, room_of in UNSEEN_TARGETS.items():
@@ -490,7 +490,7 @@ async def test_foreign_room_left_intact_after_every_attempt(world: World, script
     bob's view of it are untouched, and bob's socket hears nothing."""
     bob = await connect(world.bob)
     client = await connect(world.alice)
-    before = await sync_to_async(db_state)()
+    before = await database_sync_to_async(db_state)()
     for name, make in ROOM_FRAMES.items():
         await client.send({**make(world.foreign), "ref": name})
         await expect_lone_error(client, "not_found", name)
@@ -539,7 +539,7 @@ async def test_busy_while_streaming_writes_nothing(world: World, scripted_model,
     scripted_model.enqueue(ScriptedReply(tokens=["a"], hold_open=True))
     client = await connect(world.alice)
     await start_held_stream(client, world.mine, "q-first")
-    before = await sync_to_async(db_state)(live=True)
+    before = await database_sync_to_async(db_state)(live=True)
 
     attempts = [
         ("send-same-room", {"type": "chat.send", "roomId": world.mine, "requestId": "q-2", "text": "Me too"}),
@@ -557,11 +557,11 @@ async def test_busy_while_streaming_writes_nothing(world: World, scripted_model,
 
     await cancel_and_wait(client, "q-first")
     # Only the first exchange was added: nothing of the busy attempts, even after the stream ended.
-    messages = await sync_to_async(list)(
+    messages = await database_sync_to_async(list)(
         Message.objects.filter(room_id=int(world.mine)).order_by("pk").values_list("role", "content", "status"))
     assert messages == [("user", "Alice asks", "complete"), ("assistant", "Re: Alice asks", "complete"),
                         ("user", "First", "complete"), ("assistant", "a", "aborted")]
-    assert await sync_to_async(Stream.objects.count)() == 1
+    assert await database_sync_to_async(Stream.objects.count)() == 1
     assert len(scripted_model.requests) == 1
     await assert_still_serves(client)
 
@@ -576,7 +576,7 @@ async def test_member_sending_to_a_streaming_room_is_busy(world: World, scripted
     joined = await alice.receive_until("stream.replay_complete")  # messages, resuming, the replayed "a"
     assert [f["type"] for f in joined if f["type"] != "rooms"][:2] == ["messages", "stream.resuming"]
     assert await alice.nothing_more()
-    before = await sync_to_async(db_state)(live=True)
+    before = await database_sync_to_async(db_state)(live=True)
     await alice.send({"type": "chat.send", "roomId": world.shared, "requestId": "q-alice", "text": "Me!",
                       "ref": "alice-send"})
     await expect_lone_error(alice, "busy", "alice-send")
@@ -594,7 +594,7 @@ async def test_cancel_of_another_users_stream_is_not_found(world: World, scripte
     bob = await connect(world.bob)
     alice = await connect(world.alice)
     start = await start_held_stream(bob, world.foreign, "q-private")
-    before = await sync_to_async(db_state)(live=True)
+    before = await database_sync_to_async(db_state)(live=True)
 
     await alice.send({"type": "chat.cancel", "requestId": "q-private", "ref": "steal"})
     await expect_lone_error(alice, "not_found", "steal")
@@ -603,7 +603,7 @@ async def test_cancel_of_another_users_stream_is_not_found(world: World, scripte
     assert unknown["message"] == alice.seen[-2]["message"]  # the same answer as for a request that is not hers
 
     await assert_nothing_written(before, live=True)
-    stream = await sync_to_async(Stream.objects.get)(pk=start["streamId"])
+    stream = await database_sync_to_async(Stream.objects.get)(pk=start["streamId"])
     assert stream.status == "streaming" and not stream.cancel_requested
     assert await bob.nothing_more()  # bob's answer runs on
     await cancel_and_wait(bob, "q-private")
@@ -639,7 +639,7 @@ async def test_forged_session_cookie_is_refused(world: World):
     "http://localhost.evil.example:8000",
 ])
 async def test_foreign_origin_is_refused(origin: str, world: World, connect):
-    before = await sync_to_async(db_state)()
+    before = await database_sync_to_async(db_state)()
     client = await connect(world.alice, origin=origin, expect_hello=False)
     assert client.connected is False
     await assert_nothing_written(before)
@@ -694,10 +694,10 @@ async def test_non_ascii_body_under_16KiB_is_accepted(world: World, scripted_mod
 
 @pytest.mark.parametrize("target", ["foreign", "missing"])
 async def test_leaving_a_room_one_cannot_see_is_not_found_and_keeps_the_active_room(scripted_model, connect, target):
-    alice = await sync_to_async(make_user)("alice")
-    bob = await sync_to_async(make_user)("bob")
-    foreign = await sync_to_async(make_room)(bob, "Bob's")
-    mine = await sync_to_async(make_room)(alice, "Mine")
+    alice = await database_sync_to_async(make_user)("alice")
+    bob = await database_sync_to_async(make_user)("bob")
+    foreign = await database_sync_to_async(make_room)(bob, "Bob's")
+    mine = await database_sync_to_async(make_room)(alice, "Mine")
     client = await connect(alice)
     await client.send({"type": "room.join", "roomId": str(mine.pk)})
     await client.receive_until("messages")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from chatrooms.models import Message
 from chatrooms.scripted_model_server import ScriptedReply
@@ -20,7 +20,7 @@ def text_of(frames: list[dict]) -> str:
 
 
 async def test_send_streams_an_answer_that_is_stored(scripted_model, connect):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     assert [m["id"] for m in client.hello["models"]] == ["openai/scripted", "openai/other"]
     await client.send({"type": "room.create", "name": "  Plans  ", "ref": "r1"})
@@ -45,11 +45,11 @@ async def test_send_streams_an_answer_that_is_stored(scripted_model, connect):
     assert done["message"]["content"] == text_of(frames) == "Hello, world!"
     assert done["message"]["parts"] == [{"type": "step-start"}, {"type": "text", "text": "Hello, world!"}]
 
-    stored = await sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
+    stored = await database_sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
     assert stored.status == "complete" and stored.content == "Hello, world!"
-    stream = await sync_to_async(Stream.objects.get)(pk=start["streamId"])
+    stream = await database_sync_to_async(Stream.objects.get)(pk=start["streamId"])
     assert stream.status == "complete"
-    bodies = await sync_to_async(list)(StreamChunk.objects.filter(stream=stream).order_by("index").values_list("index", "body"))
+    bodies = await database_sync_to_async(list)(StreamChunk.objects.filter(stream=stream).order_by("index").values_list("index", "body"))
     assert [json.loads(b) for _, b in bodies] == [c["chunk"] for c in chunks]
 
     rooms = await client.receive_until("rooms")
@@ -72,7 +72,7 @@ async def joined_room(client, name: str = "Room") -> str:
 
 
 async def test_tool_calls_run_between_model_steps(scripted_model, connect):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     room_id = await joined_room(client)
     scripted_model.enqueue(
@@ -103,7 +103,7 @@ async def test_tool_calls_run_between_model_steps(scripted_model, connect):
 
 
 async def test_a_failing_tool_ends_in_an_error_the_model_sees(scripted_model, connect):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     await joined_room(client)
     scripted_model.enqueue(
@@ -121,7 +121,7 @@ async def test_a_failing_tool_ends_in_an_error_the_model_sees(scripted_model, co
 
 async def test_the_tool_loop_stops_after_llm_max_steps(scripted_model, connect, settings):
     settings.LLM_MAX_STEPS = 2
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     await joined_room(client)
     scripted_model.enqueue(*[ScriptedReply(tool_calls=[("get_current_time", "{}")]) for _ in range(3)])
@@ -133,7 +133,7 @@ async def test_the_tool_loop_stops_after_llm_max_steps(scripted_model, connect, 
 
 
 async def test_cancel_closes_the_model_request_and_keeps_what_streamed(scripted_model, connect):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     await joined_room(client)
     scripted_model.enqueue(ScriptedReply(tokens=["one", " two", " three"], hold_open=True))
@@ -149,15 +149,15 @@ async def test_cancel_closes_the_model_request_and_keeps_what_streamed(scripted_
     assert done["message"]["content"] == text_of(streamed + frames) == "one two three"
     assert [f["chunk"]["type"] for f in frames if f["type"] == "stream.chunk"][-2:] == ["text-end", "abort"]
     # The model server saw its connection close.
-    assert await sync_to_async(scripted_model.client_disconnected.wait)(1.0)
-    stored = await sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
+    assert await database_sync_to_async(scripted_model.client_disconnected.wait)(1.0)
+    stored = await database_sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
     assert (stored.status, stored.content) == ("aborted", "one two three")
 
 
 @pytest.mark.parametrize("reply", [ScriptedReply(tokens=["Par", "tial", "x", "y"], fail_after=2),
                                    ScriptedReply(status=500)], ids=["mid-stream", "at-start"])
 async def test_a_failing_model_gives_model_error_and_keeps_what_streamed(scripted_model, connect, reply):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     await joined_room(client)
     scripted_model.enqueue(reply)
@@ -170,12 +170,12 @@ async def test_a_failing_model_gives_model_error_and_keeps_what_streamed(scripte
     expected = "Partial" if reply.fail_after else ""
     assert done["message"]["content"] == text_of(frames) == expected
     assert [f["chunk"]["type"] for f in frames if f["type"] == "stream.chunk"][-1] == "error"
-    stored = await sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
+    stored = await database_sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
     assert (stored.status, stored.content) == ("error", expected)
 
 
 async def test_closing_the_socket_does_not_stop_the_answer(scripted_model, connect):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     room_id = await joined_room(client)
     scripted_model.enqueue(ScriptedReply(tokens=["a", "b", "c", "d"], delay=0.05))
@@ -190,7 +190,7 @@ async def test_closing_the_socket_does_not_stop_the_answer(scripted_model, conne
 
 async def test_cancel_holds_when_the_cancel_message_is_lost(scripted_model, connect):
     """Only the database flag is set, as if the channel-layer message never arrived."""
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     await joined_room(client)
     scripted_model.enqueue(ScriptedReply(tokens=[f"{i} " for i in range(500)], delay=0.01))
@@ -199,8 +199,8 @@ async def test_cancel_holds_when_the_cancel_message_is_lost(scripted_model, conn
     await client.receive_until("stream.chunk", timeout=10)
     while not (await client.receive())["chunk"]["type"] == "text-delta":
         pass
-    await sync_to_async(Stream.objects.filter(pk=start["streamId"]).update)(cancel_requested=True)
+    await database_sync_to_async(Stream.objects.filter(pk=start["streamId"]).update)(cancel_requested=True)
     frames = await client.receive_until("stream.done")
     assert frames[-1]["status"] == "aborted"
     assert len(frames[-1]["message"]["content"].split()) < 500
-    assert await sync_to_async(scripted_model.client_disconnected.wait)(1.0)
+    assert await database_sync_to_async(scripted_model.client_disconnected.wait)(1.0)

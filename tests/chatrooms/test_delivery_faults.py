@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
 
@@ -33,8 +33,8 @@ async def test_viewers_dropped_from_the_group_mid_stream_get_the_rest_and_stream
 ):
     """As when the layer expires a slow channel from its groups: chunks, then stream.done, are lost."""
     settings.CHANNEL_LAYERS = IN_MEMORY
-    user = await sync_to_async(make_user)()
-    room = await sync_to_async(make_room)(user)
+    user = await database_sync_to_async(make_user)()
+    room = await database_sync_to_async(make_room)(user)
     viewers = await joined_viewers(user, room, 2, connect)
     tokens = [f"t{i} " for i in range(30)]
     scripted_model.enqueue(ScriptedReply(tokens=tokens, delay=0.01))
@@ -54,8 +54,8 @@ async def test_viewers_dropped_from_the_group_mid_stream_get_the_rest_and_stream
 
 async def test_a_viewer_that_missed_stream_start_catches_up_from_the_first_chunk(scripted_model, connect, settings):
     settings.CHANNEL_LAYERS = IN_MEMORY
-    user = await sync_to_async(make_user)()
-    room = await sync_to_async(make_room)(user)
+    user = await database_sync_to_async(make_user)()
+    room = await database_sync_to_async(make_room)(user)
     sender, watcher = await joined_viewers(user, room, 2, connect)
     layer = get_channel_layer()
     group = layer.groups[f"room.{room.pk}"]
@@ -75,8 +75,8 @@ async def test_a_viewer_that_missed_stream_start_catches_up_from_the_first_chunk
 
 
 async def test_events_queued_before_a_join_do_not_repeat_what_the_join_sent(scripted_model, connect):
-    user = await sync_to_async(make_user)()
-    room = await sync_to_async(make_room)(user)
+    user = await database_sync_to_async(make_user)()
+    room = await database_sync_to_async(make_room)(user)
     (sender,) = await joined_viewers(user, room, 1, connect)
     scripted_model.enqueue(ScriptedReply(tokens=["a ", "b ", "c "], hold_open=True))
     await sender.send({"type": "chat.send", "requestId": "q", "text": "go"})
@@ -101,27 +101,27 @@ async def test_events_queued_before_a_join_do_not_repeat_what_the_join_sent(scri
 
 async def test_a_database_that_cannot_store_chunks_ends_the_stream_with_an_error(scripted_model, connect, settings):
     settings.STREAM_BUFFER_MAX_CHUNKS = 8
-    user = await sync_to_async(make_user)()
-    room = await sync_to_async(make_room)(user)
+    user = await database_sync_to_async(make_user)()
+    room = await database_sync_to_async(make_room)(user)
     (client,) = await joined_viewers(user, room, 1, connect)
 
     def move_chunk_table(source: str, target: str) -> None:
         with connection.cursor() as cursor:
             cursor.execute(f"ALTER TABLE {source} RENAME TO {target}")
 
-    await sync_to_async(move_chunk_table)("streaming_streamchunk", "streaming_streamchunk_away")
+    await database_sync_to_async(move_chunk_table)("streaming_streamchunk", "streaming_streamchunk_away")
     try:
         scripted_model.enqueue(ScriptedReply(tokens=[f"t{i} " for i in range(200)], delay=0.002))
         await client.send({"type": "chat.send", "requestId": "q", "text": "go"})
         frames = await client.receive_until("stream.done", timeout=30)
     finally:
-        await sync_to_async(move_chunk_table)("streaming_streamchunk_away", "streaming_streamchunk")
+        await database_sync_to_async(move_chunk_table)("streaming_streamchunk_away", "streaming_streamchunk")
     done = frames[-1]
     assert done["status"] == "error"
     assert done["message"]["content"] == text_of(frames)
     assert [f for f in frames if f["type"] == "error"][0]["code"] == "model_error"
-    assert await sync_to_async(Stream.objects.filter(status="streaming").exists)() is False
-    assert await sync_to_async(Message.objects.filter(status="streaming").exists)() is False
+    assert await database_sync_to_async(Stream.objects.filter(status="streaming").exists)() is False
+    assert await database_sync_to_async(Message.objects.filter(status="streaming").exists)() is False
     # The room is free again.
     await client.send({"type": "chat.send", "requestId": "q2", "text": "next"})
     assert (await client.receive_until("stream.done"))[-1]["status"] == "complete"

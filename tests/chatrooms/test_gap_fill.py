@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from chatrooms.scripted_model_server import ScriptedReply
 from tests.chatrooms.test_chat_flow import text_of
@@ -20,8 +20,8 @@ async def test_chunks_dropped_by_a_full_channel_queue_are_filled_from_the_databa
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer",
                                            "CONFIG": {"capacity": 1}}}
     caplog.set_level(logging.INFO, logger="chatrooms.consumers")
-    user = await sync_to_async(make_user)()
-    room = await sync_to_async(make_room)(user)
+    user = await database_sync_to_async(make_user)()
+    room = await database_sync_to_async(make_room)(user)
     watchers = [await connect(user) for _ in range(3)]
     for watcher in watchers:
         await watcher.send({"type": "room.join", "roomId": str(room.pk)})

@@ -5,7 +5,7 @@ import re
 import socket
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from chatrooms.catalog import model_choices
 from chatrooms.local_model import plan_reply
@@ -39,7 +39,7 @@ def offline(settings, monkeypatch):
 
 
 async def test_default_model_is_the_builtin_one(offline, connect):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     assert client.hello["models"] == [{"id": "local/demo", "label": "Built-in demo (offline)"}]
     assert model_choices()[0]["id"] == "local/demo"
@@ -47,7 +47,7 @@ async def test_default_model_is_the_builtin_one(offline, connect):
 
 async def ask(connect, text: str) -> list[dict]:
     """Every frame of one question to the offline model, up to its stream.done."""
-    client = await connect(await sync_to_async(make_user)())
+    client = await connect(await database_sync_to_async(make_user)())
     await joined_room(client)
     await client.send({"type": "chat.send", "requestId": "q", "text": text})
     return await client.receive_until("stream.done")

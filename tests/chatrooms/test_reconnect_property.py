@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from chatrooms.models import Message
@@ -27,8 +28,8 @@ def test_reconnecting_rebuilds_the_stored_text_without_gap_or_duplicate(scripted
 async def reconnect_scenario(scripted_model, connect_factory, seen: int, cursor: str) -> None:
     connect, close_all = connect_factory()
     try:
-        user = await sync_to_async(make_user)(f"u{await sync_to_async(Message.objects.count)()}-{seen}-{cursor}")
-        room = await sync_to_async(make_room)(user)
+        user = await database_sync_to_async(make_user)(f"u{await database_sync_to_async(Message.objects.count)()}-{seen}-{cursor}")
+        room = await database_sync_to_async(make_room)(user)
         client = await connect(user)
         await client.send({"type": "room.join", "roomId": str(room.pk)})
         await client.receive_until("messages")
@@ -64,7 +65,7 @@ async def reconnect_scenario(scripted_model, connect_factory, seen: int, cursor:
         indexes = [f["index"] for f in kept + chunk_frames(after)]
         assert indexes == list(range(len(indexes))), f"no gap and no duplicate: {indexes}"
         text = "".join(f["chunk"]["delta"] for f in kept + chunk_frames(after) if f["chunk"]["type"] == "text-delta")
-        stored = await sync_to_async(Message.objects.get)(stream_id=stream_id)
+        stored = await database_sync_to_async(Message.objects.get)(stream_id=stream_id)
         assert text == stored.content == "".join(TOKENS)
     finally:
         await close_all()

@@ -7,7 +7,7 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.core.management import call_command
 from django.db import close_old_connections
 from django.utils import timezone
@@ -77,8 +77,8 @@ def test_two_workers_racing_finish_it_exactly_once():
 
 
 async def test_joining_the_room_of_a_stale_stream_finishes_it(connect):
-    stream, placeholder = await sync_to_async(orphaned_stream)()
-    user = await sync_to_async(lambda: placeholder.room.owner)()
+    stream, placeholder = await database_sync_to_async(orphaned_stream)()
+    user = await database_sync_to_async(lambda: placeholder.room.owner)()
     client = await connect(user)
     await client.send({"type": "room.join", "roomId": str(placeholder.room_id)})
     frames = await client.receive_until("messages")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from chatrooms.models import Message, Room
 from chatrooms.scripted_model_server import ScriptedReply
@@ -14,11 +14,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 async def test_room_list_reaches_every_connection_that_can_see_the_room(scripted_model, connect):
-    alice = await sync_to_async(make_user)("alice")
-    bob = await sync_to_async(make_user)("bob")
-    carol = await sync_to_async(make_user)("carol")
-    room = await sync_to_async(make_room)(alice, "Shared")
-    await sync_to_async(add_member)(room, bob)
+    alice = await database_sync_to_async(make_user)("alice")
+    bob = await database_sync_to_async(make_user)("bob")
+    carol = await database_sync_to_async(make_user)("carol")
+    room = await database_sync_to_async(make_room)(alice, "Shared")
+    await database_sync_to_async(add_member)(room, bob)
     alice_tab1, alice_tab2 = await connect(alice), await connect(alice)
     bob_tab, carol_tab = await connect(bob), await connect(carol)
 
@@ -42,10 +42,10 @@ async def test_room_list_reaches_every_connection_that_can_see_the_room(scripted
 
 
 async def test_two_users_and_a_second_tab_see_the_same_live_stream(scripted_model, connect):
-    alice = await sync_to_async(make_user)("alice")
-    bob = await sync_to_async(make_user)("bob")
-    room = await sync_to_async(make_room)(alice, "Shared")
-    await sync_to_async(add_member)(room, bob)
+    alice = await database_sync_to_async(make_user)("alice")
+    bob = await database_sync_to_async(make_user)("bob")
+    room = await database_sync_to_async(make_room)(alice, "Shared")
+    await database_sync_to_async(add_member)(room, bob)
     clients = [await connect(alice), await connect(alice), await connect(bob)]
     for client in clients:
         await client.send({"type": "room.join", "roomId": str(room.pk)})
@@ -63,7 +63,7 @@ async def test_two_users_and_a_second_tab_see_the_same_live_stream(scripted_mode
 
 
 async def test_joining_mid_stream_replays_then_continues_without_gap_or_duplicate(scripted_model, connect):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     first = await connect(user)
     room_id = await joined_room(first)
     scripted_model.enqueue(ScriptedReply(tokens=[f"t{i} " for i in range(60)], delay=0.01))
@@ -92,7 +92,7 @@ async def test_joining_mid_stream_replays_then_continues_without_gap_or_duplicat
 
 
 async def test_rejoin_with_since_during_a_stream_resumes_after_that_index(scripted_model, connect):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     room_id = await joined_room(client)
     scripted_model.enqueue(ScriptedReply(tokens=[f"t{i} " for i in range(40)], hold_open=True))
@@ -114,7 +114,7 @@ async def test_rejoin_with_since_during_a_stream_resumes_after_that_index(script
 
 
 async def test_regenerate_replaces_the_last_answer(scripted_model, connect):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     await joined_room(client)
     scripted_model.enqueue(ScriptedReply(tokens=["first"]), ScriptedReply(tokens=["second"]))
@@ -124,20 +124,20 @@ async def test_regenerate_replaces_the_last_answer(scripted_model, connect):
     frames = await client.receive_until("stream.done")
     assert {"type": "message.removed", "roomId": first["roomId"], "messageId": first["id"]} in frames
     assert frames[-1]["message"]["content"] == "second"
-    contents = await sync_to_async(list)(Message.objects.order_by("id").values_list("role", "content"))
+    contents = await database_sync_to_async(list)(Message.objects.order_by("id").values_list("role", "content"))
     assert contents == [("user", "hi"), ("assistant", "second")]
     assert scripted_model.requests[-1]["messages"][-1] == {"role": "user", "content": "hi"}
 
 
 async def test_edit_replaces_a_message_and_drops_everything_after_it(scripted_model, connect):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     await joined_room(client)
     for text in ("one", "two"):
         await client.send({"type": "chat.send", "requestId": text, "text": text})
         await client.receive_until("stream.done")
-    first_user = await sync_to_async(Message.objects.filter(role="user").order_by("id").first)()
-    later = await sync_to_async(list)(Message.objects.filter(id__gt=first_user.pk).values_list("id", flat=True))
+    first_user = await database_sync_to_async(Message.objects.filter(role="user").order_by("id").first)()
+    later = await database_sync_to_async(list)(Message.objects.filter(id__gt=first_user.pk).values_list("id", flat=True))
     await client.send({"type": "chat.edit", "requestId": "e", "messageId": str(first_user.pk), "text": "uno"})
     frames = await client.receive_until("stream.done")
     removed = [int(f["messageId"]) for f in frames if f["type"] == "message.removed"]
@@ -145,15 +145,15 @@ async def test_edit_replaces_a_message_and_drops_everything_after_it(scripted_mo
     updated = next(f for f in frames if f["type"] == "message.updated")["message"]
     assert updated["content"] == "uno" and updated["id"] == str(first_user.pk)
     assert frames[-1]["message"]["content"] == "Echo: uno"
-    contents = await sync_to_async(list)(Message.objects.order_by("id").values_list("content", flat=True))
+    contents = await database_sync_to_async(list)(Message.objects.order_by("id").values_list("content", flat=True))
     assert contents == ["uno", "Echo: uno"]
 
 
 async def test_clear_and_delete_cancel_a_live_stream_and_remove_everything(scripted_model, connect):
-    alice = await sync_to_async(make_user)("alice")
-    bob = await sync_to_async(make_user)("bob")
-    room = await sync_to_async(make_room)(alice, "Shared")
-    await sync_to_async(add_member)(room, bob)
+    alice = await database_sync_to_async(make_user)("alice")
+    bob = await database_sync_to_async(make_user)("bob")
+    room = await database_sync_to_async(make_room)(alice, "Shared")
+    await database_sync_to_async(add_member)(room, bob)
     owner, member = await connect(alice), await connect(bob)
     for client in (owner, member):
         await client.send({"type": "room.join", "roomId": str(room.pk)})
@@ -165,22 +165,22 @@ async def test_clear_and_delete_cancel_a_live_stream_and_remove_everything(scrip
     await owner.send({"type": "room.clear", "roomId": str(room.pk)})
     frames = await member.receive_until("room.cleared")
     assert frames[-1] == {"type": "room.cleared", "roomId": str(room.pk)}
-    assert await sync_to_async(scripted_model.client_disconnected.wait)(2)
-    assert await sync_to_async(Message.objects.filter(room=room).count)() == 0
-    assert await sync_to_async(Stream.objects.count)() == 0 and await sync_to_async(StreamChunk.objects.count)() == 0
+    assert await database_sync_to_async(scripted_model.client_disconnected.wait)(2)
+    assert await database_sync_to_async(Message.objects.filter(room=room).count)() == 0
+    assert await database_sync_to_async(Stream.objects.count)() == 0 and await database_sync_to_async(StreamChunk.objects.count)() == 0
     rooms = (await member.receive_until("rooms"))[-1]["rooms"]
     assert rooms[0]["messageCount"] == 0
 
     await owner.send({"type": "room.delete", "roomId": str(room.pk)})
     assert (await member.receive_until("room.deleted"))[-1] == {"type": "room.deleted", "roomId": str(room.pk)}
     assert (await member.receive_until("rooms"))[-1]["rooms"] == []
-    assert not await sync_to_async(Room.objects.exists)()
+    assert not await database_sync_to_async(Room.objects.exists)()
     await member.send({"type": "room.join", "roomId": str(room.pk)})
     assert (await member.receive_until("error"))[-1]["code"] == "not_found"
 
 
 async def test_leave_stops_the_room_frames(scripted_model, connect):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     watcher, sender = await connect(user), await connect(user)
     room_id = await joined_room(watcher)
     await watcher.send({"type": "room.leave", "roomId": room_id, "ref": "l"})
@@ -192,7 +192,7 @@ async def test_leave_stops_the_room_frames(scripted_model, connect):
 
 
 async def test_chat_send_to_another_room_joins_it_first(scripted_model, connect):
-    user = await sync_to_async(make_user)()
+    user = await database_sync_to_async(make_user)()
     client = await connect(user)
     first = await joined_room(client, "First")
     second = await start_room(client, "Second")

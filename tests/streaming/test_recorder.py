@@ -5,7 +5,7 @@ import asyncio
 import json
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from chatrooms import services
 from streaming.models import Stream, StreamChunk
@@ -25,7 +25,7 @@ def stored_indexes(stream_id: str) -> list[int]:
 
 
 async def test_flushes_after_n_chunks_and_after_t_milliseconds_and_at_close():
-    stream_id = await sync_to_async(live_stream_id)()
+    stream_id = await database_sync_to_async(live_stream_id)()
     flushed = asyncio.Event()
     recorder = StreamRecorder(stream_id, flush_chunks=3, flush_ms=50)
     chunk = {"type": "text-delta", "id": "t", "delta": "x"}
@@ -33,28 +33,28 @@ async def test_flushes_after_n_chunks_and_after_t_milliseconds_and_at_close():
         recorder.add(index, chunk, json.dumps(chunk))
     assert recorder._flushing is not None, "the third chunk starts a flush at once"
     await recorder._flushing
-    assert await sync_to_async(stored_indexes)(stream_id) == [0, 1, 2]
+    assert await database_sync_to_async(stored_indexes)(stream_id) == [0, 1, 2]
 
     recorder.add(3, chunk, json.dumps(chunk))
     assert recorder._flushing is None and recorder._timer is not None, "one chunk waits for the timer"
     loop = asyncio.get_running_loop()
     loop.call_later(0.2, flushed.set)
     await flushed.wait()
-    assert await sync_to_async(stored_indexes)(stream_id) == [0, 1, 2, 3]
+    assert await database_sync_to_async(stored_indexes)(stream_id) == [0, 1, 2, 3]
 
     recorder.add(4, chunk, json.dumps(chunk))
     await recorder.close()
-    assert await sync_to_async(stored_indexes)(stream_id) == [0, 1, 2, 3, 4]
+    assert await database_sync_to_async(stored_indexes)(stream_id) == [0, 1, 2, 3, 4]
     assert recorder.flush_count == 3
 
 
 async def test_a_chunk_too_large_to_store_is_stored_truncated_with_a_marker():
-    stream_id = await sync_to_async(live_stream_id)()
+    stream_id = await database_sync_to_async(live_stream_id)()
     recorder = StreamRecorder(stream_id, max_chunk_bytes=1000)
     big = {"type": "text-delta", "id": "t1", "delta": "y" * 5000}
     recorder.add(0, big, json.dumps(big))
     await recorder.close()
-    body = json.loads(await sync_to_async(lambda: StreamChunk.objects.get(stream_id=stream_id).body)())
+    body = json.loads(await database_sync_to_async(lambda: StreamChunk.objects.get(stream_id=stream_id).body)())
     assert body["truncated"] is True and body["originalBytes"] == len(json.dumps(big))
     assert body["type"] == "text-delta" and body["id"] == "t1" and body["delta"] == "y" * 125
 
@@ -65,10 +65,10 @@ def test_fit_chunk_body_leaves_small_chunks_alone():
 
 
 async def test_a_cancel_flag_set_in_the_database_stops_the_stream_at_the_next_flush():
-    stream_id = await sync_to_async(live_stream_id)()
+    stream_id = await database_sync_to_async(live_stream_id)()
     stopped = asyncio.Event()
     recorder = StreamRecorder(stream_id, flush_chunks=1, on_stop_requested=stopped.set)
-    await sync_to_async(Stream.objects.filter(pk=stream_id).update)(cancel_requested=True)
+    await database_sync_to_async(Stream.objects.filter(pk=stream_id).update)(cancel_requested=True)
     chunk = {"type": "start-step"}
     recorder.add(0, chunk, json.dumps(chunk))
     await asyncio.wait_for(stopped.wait(), 5)
@@ -76,12 +76,12 @@ async def test_a_cancel_flag_set_in_the_database_stops_the_stream_at_the_next_fl
 
 
 async def test_chunks_of_a_deleted_stream_are_dropped_without_retrying():
-    stream_id = await sync_to_async(live_stream_id)()
+    stream_id = await database_sync_to_async(live_stream_id)()
     stopped = asyncio.Event()
     recorder = StreamRecorder(stream_id, flush_chunks=1, on_stop_requested=stopped.set)
-    await sync_to_async(Stream.objects.filter(pk=stream_id).delete)()
+    await database_sync_to_async(Stream.objects.filter(pk=stream_id).delete)()
     chunk = {"type": "start-step"}
     recorder.add(0, chunk, json.dumps(chunk))
     await asyncio.wait_for(recorder.close(), 2)
     assert stopped.is_set() and recorder.flush_count == 1
-    assert not await sync_to_async(StreamChunk.objects.exists)()
+    assert not await database_sync_to_async(StreamChunk.objects.exists)()
