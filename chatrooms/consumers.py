@@ -179,7 +179,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return self.active_room
         if room_id != self.active_room:
             await self._join(room_id, None, None)
-        return room_id
+        return self.active_room  # type: ignore[return-value]  (set by the join)
 
     # -- joining and leaving -----------------------------------------------------------------
 
