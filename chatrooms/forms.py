@@ -1,6 +1,24 @@
-"""Forms for the pages."""
+"""Forms for the pages; their limits are the protocol's."""
+from django import forms
 from django.contrib.auth.forms import UserCreationForm
+
+from .catalog import model_choices
+from .models import ROOM_NAME_MAX_LENGTH, SYSTEM_PROMPT_MAX_LENGTH
 
 
 class SignupForm(UserCreationForm):
     """Django's own sign-up form: a username and a password typed twice, checked by the validators."""
+
+
+class RoomNameForm(forms.Form):
+    name = forms.CharField(max_length=ROOM_NAME_MAX_LENGTH, strip=True, label="Room name")
+
+
+class RoomConfigureForm(forms.Form):
+    model = forms.ChoiceField(label="Model")
+    system_prompt = forms.CharField(max_length=SYSTEM_PROMPT_MAX_LENGTH, required=False, strip=False,
+                                    widget=forms.Textarea(attrs={"rows": 4}), label="System prompt")
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = [(choice["id"], choice["label"]) for choice in model_choices()]

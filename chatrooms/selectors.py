@@ -163,3 +163,30 @@ def stream_progress_for_room(*, room_id: str, stream_id: str, after_index: int) 
             "lastIndex": last_index,
         }
     return StreamProgress(str(message.pk), message.stream.request_id, chunks, done)
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    """Finished messages for a page, oldest first, and where the next older page starts."""
+
+    messages: list[Message]
+    older_before: int | None
+
+
+def message_page_for_room(*, room: Room, before_id: int | None, limit: int) -> MessagePage:
+    queryset = Message.objects.filter(room=room).exclude(status=Message.Status.STREAMING).select_related("author")
+    if before_id is not None:
+        queryset = queryset.filter(id__lt=before_id)
+    newest = list(queryset.order_by("-id")[: limit + 1])
+    has_older = len(newest) > limit
+    messages = list(reversed(newest[:limit]))
+    return MessagePage(messages, messages[0].pk if has_older and messages else None)
+
+
+def message_get_in_room(*, room: Room, message_id: int) -> Message | None:
+    return (
+        Message.objects.filter(room=room, pk=message_id)
+        .exclude(status=Message.Status.STREAMING)
+        .select_related("author")
+        .first()
+    )

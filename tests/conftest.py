@@ -15,6 +15,7 @@ from django.test import Client
 import config.asgi  # noqa: F401  (set up once now: django.setup() re-applies LOGGING, which would drop caplog's handler mid-test)
 from chatrooms import assistant
 from chatrooms.scripted_model_server import ScriptedModelServer
+from tests.servers import DaphneWorker, scripted_worker_env
 
 FRAME_TIMEOUT = 10
 
@@ -33,6 +34,19 @@ def model_server() -> ScriptedModelServer:
     server = ScriptedModelServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def worker(model_server: ScriptedModelServer) -> DaphneWorker:
+    """A real daphne process on the test database, answering with the scripted model server.
+
+    Tests that use it need `pytest.mark.django_db(transaction=True)`: the server sees committed rows only.
+    """
+    model_server.reset()
+    server = DaphneWorker(scripted_worker_env(model_server)).start()
+    yield server
+    server.stop()
+    print(server.output())  # shown by pytest when the test fails
 
 
 @pytest.fixture

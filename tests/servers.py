@@ -35,12 +35,21 @@ def test_database_url() -> str:
     raise RuntimeError(f"no URL for the {connection.vendor} test database")
 
 
+def scripted_worker_env(model_server: Any, **extra: str) -> dict[str, str]:
+    """A worker's environment that points the app at the scripted model server (and only at it)."""
+    return {"LLM_MODEL": "openai/scripted", "LLM_API_BASE": model_server.base_url, "LLM_API_KEY": "k",
+            "LLM_MODELS": "", "LOCAL_MODEL_DELAY_MS": "0", **extra}
+
+
 class DaphneWorker:
     """One daphne process serving config.asgi on 127.0.0.1, with the given environment."""
 
     def __init__(self, env: dict[str, str], port: int | None = None) -> None:
         self.port = port or free_port()
-        self.env = {**os.environ, "DATABASE_URL": test_database_url(), **env}
+        # The browser tests set DJANGO_ALLOW_ASYNC_UNSAFE in this process (see tests/browser/conftest.py):
+        # a server keeps Django's async-safety checks all the same.
+        inherited = {name: value for name, value in os.environ.items() if name != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+        self.env = {**inherited, "DATABASE_URL": test_database_url(), **env}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

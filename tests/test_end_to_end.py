@@ -14,7 +14,6 @@ from channels.db import database_sync_to_async
 from chatrooms.models import Message
 from chatrooms.scripted_model_server import ScriptedReply
 from tests.factories import make_user
-from tests.servers import DaphneWorker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
@@ -42,17 +41,6 @@ async def frames_until(socket, frame_type: str) -> list[dict]:
         frames.append(frame)
         if frame["type"] == frame_type:
             return frames
-
-
-@pytest.fixture
-def worker(model_server):
-    model_server.reset()
-    env = {"LLM_MODEL": "openai/scripted", "LLM_API_BASE": model_server.base_url, "LLM_API_KEY": "k",
-           "LLM_MODELS": ""}
-    server = DaphneWorker(env).start()
-    yield server
-    server.stop()
-    print(server.output())  # shown by pytest when the test fails
 
 
 async def test_a_script_logs_in_chats_and_cancels_over_a_real_server(worker, model_server):

@@ -16,7 +16,7 @@ from chatrooms.models import Message
 from chatrooms.scripted_model_server import ScriptedReply
 from tests.conftest import require_service
 from tests.factories import make_user
-from tests.servers import DaphneWorker, free_port
+from tests.servers import DaphneWorker, free_port, scripted_worker_env
 from tests.test_end_to_end import frames_until, log_in
 from tests.test_worker_shutdown import wait_for_chunks_stored
 
@@ -55,9 +55,7 @@ def redis_url():
 
 
 def worker_env(model_server, redis_url: str) -> dict[str, str]:
-    return {"LLM_MODEL": "openai/scripted", "LLM_API_BASE": model_server.base_url, "LLM_API_KEY": "k",
-            "LLM_MODELS": "", "REDIS_URL": redis_url, "STREAM_HEARTBEAT_SECONDS": "1",
-            "STREAM_STALE_SECONDS": "3"}
+    return scripted_worker_env(model_server, REDIS_URL=redis_url, STREAM_HEARTBEAT_SECONDS="1", STREAM_STALE_SECONDS="3")
 
 
 async def open_socket(worker: DaphneWorker):

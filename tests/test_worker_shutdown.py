@@ -13,16 +13,11 @@ from chatrooms.models import Message
 from chatrooms.scripted_model_server import ScriptedReply
 from streaming.models import Stream, StreamChunk
 from tests.factories import make_user
-from tests.servers import DaphneWorker
+from tests.servers import DaphneWorker, scripted_worker_env
 from tests.test_end_to_end import frames_until, log_in
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 TOKENS = [f"tok{i} " for i in range(12)]
-
-
-def worker_env(model_server, **extra: str) -> dict[str, str]:
-    return {"LLM_MODEL": "openai/scripted", "LLM_API_BASE": model_server.base_url, "LLM_API_KEY": "k",
-            "LLM_MODELS": "", **extra}
 
 
 async def start_answer(worker: DaphneWorker, model_server) -> tuple[object, str, str]:
@@ -51,7 +46,7 @@ async def wait_for_chunks_stored(stream_id: str | None, count: int) -> None:
 async def test_sigterm_finishes_live_answers_as_interrupted(model_server):
     model_server.reset()
     await database_sync_to_async(make_user)("sam", "a-long-enough-password")
-    worker = DaphneWorker(worker_env(model_server)).start()
+    worker = DaphneWorker(scripted_worker_env(model_server)).start()
     try:
         ws, room_id, shown = await start_answer(worker, model_server)
         stopped = await asyncio.to_thread(worker.stop, signal.SIGTERM)
@@ -68,13 +63,13 @@ async def test_sigterm_finishes_live_answers_as_interrupted(model_server):
 async def test_after_sigkill_another_worker_finishes_the_stream_on_join(model_server):
     model_server.reset()
     await database_sync_to_async(make_user)("sam", "a-long-enough-password")
-    doomed = DaphneWorker(worker_env(model_server)).start()
+    doomed = DaphneWorker(scripted_worker_env(model_server)).start()
     ws, room_id, shown = await start_answer(doomed, model_server)
     await wait_for_chunks_stored(None, 3 + len(TOKENS))  # start, start-step, text-start, the deltas
     doomed.stop(signal.SIGKILL)
     stored = await database_sync_to_async(StreamChunk.objects.count)()
 
-    survivor = DaphneWorker(worker_env(model_server, STREAM_STALE_SECONDS="1")).start()
+    survivor = DaphneWorker(scripted_worker_env(model_server, STREAM_STALE_SECONDS="1")).start()
     try:
         await asyncio.sleep(1.2)  # let the dead worker's heartbeat age past STREAM_STALE_SECONDS
         cookie = await database_sync_to_async(log_in)(survivor.http_url, "sam", "a-long-enough-password")

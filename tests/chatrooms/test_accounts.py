@@ -44,8 +44,8 @@ def test_login_logout_and_the_home_page(client):
     assert response.status_code == 200 and "correct username and password" in response.content.decode()
     response = client.post("/accounts/login/", {"username": "alice", "password": "a-long-enough-password"})
     assert response.status_code == 302
-    page = client.get("/").content.decode()
-    assert "Mine &lt;b&gt;bold&lt;/b&gt;" in page
+    page = client.get("/", follow=True).content.decode()
+    assert "Mine &lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
     assert client.post("/accounts/logout/").status_code == 302
     assert client.get("/").status_code == 302
 
