@@ -19,6 +19,7 @@
 
   let socket = null;
   let attempts = 0;
+  let retryTimer = null;
   let live = null; // {streamId, requestId, lastIndex, bubble, body, text, tools: Map}
 
   const requestId = () => (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random());
@@ -62,9 +63,18 @@
       attempts += 1;
       const delay = Math.min(10000, 500 * 2 ** Math.min(attempts - 1, 5)) * (0.75 + Math.random() / 2);
       setConnection("offline", `offline, retrying in ${Math.round(delay / 1000)}s`);
-      setTimeout(connect, delay);
+      retryTimer = setTimeout(connect, delay);
     });
   }
+
+  // The browser knows before the socket does: drop a dead connection at once, and come back as
+  // soon as the network does instead of waiting out the backoff.
+  window.addEventListener("offline", () => socket && socket.close());
+  window.addEventListener("online", () => {
+    if (socket && socket.readyState !== WebSocket.CLOSED) return;
+    clearTimeout(retryTimer);
+    connect();
+  });
 
   // -- frames -----------------------------------------------------------------------------
 
