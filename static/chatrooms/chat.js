@@ -145,12 +145,29 @@
         marker.title = "Answering";
         marker.textContent = "● live";
         marker.hidden = !room.streaming;
-        meta.append(count, " ", marker);
+        const active = document.createElement("time");
+        active.className = "last-active";
+        active.dateTime = room.lastActiveAt;
+        active.textContent = shortTime(room.lastActiveAt);
+        meta.append(count, " · ", active, " ", marker);
         link.append(name, meta);
         item.append(link);
         return item;
       }),
     );
+  }
+
+  // "14:05" today, "3 Nov" before: when a room was last active, in the reader's own time zone.
+  function shortTime(iso) {
+    const moment = new Date(iso);
+    const today = new Date().toDateString() === moment.toDateString();
+    return today
+      ? moment.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+      : moment.toLocaleDateString([], { day: "numeric", month: "short" });
+  }
+
+  for (const element of document.querySelectorAll("time.last-active")) {
+    element.textContent = shortTime(element.dateTime);
   }
 
   // After a (re)connect: fetch what the page lacks, drop what the server no longer has.

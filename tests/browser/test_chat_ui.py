@@ -140,3 +140,60 @@ def test_rename_and_delete_from_the_room_settings(open_page, live_server_url, mo
     expect(page).to_have_url(re.compile(r"/$"))
     expect(page.get_by_text("Create a room on the left")).to_be_visible()
     assert not Room.objects.exists()
+
+
+def test_tool_cards_regenerate_and_edit(open_page, live_server_url, model_server):
+    make_user("sam", PASSWORD)
+    page = signed_in(open_page, live_server_url)
+    create_room(page, "Tools")
+    model_server.enqueue(ScriptedReply(tool_calls=[("roll_dice", '{"sides": 20}')]),
+                         ScriptedReply(tokens=["Rolled ", "it."]))
+    say(page, "roll a d20")
+    card = page.locator("article.message.assistant").last.locator("details.tool-card")
+    expect(card).to_contain_text("roll_dice", timeout=15_000)
+    expect(page.locator("article.message.streaming")).to_have_count(0)
+    card.locator("summary").click()
+    expect(card).to_contain_text('"sides": 20')
+    expect(card).to_contain_text('"result"')
+
+    model_server.enqueue(ScriptedReply(tokens=["Second ", "try."]))
+    page.get_by_role("button", name="Regenerate").click()
+    expect(page.locator("article.message.assistant")).to_have_count(1)
+    expect(page.locator("article.message.assistant").last).to_contain_text("Second try.", timeout=15_000)
+
+    model_server.enqueue(ScriptedReply(tokens=["Edited ", "answer."]))
+    user_message = page.locator("article.message.user").first
+    user_message.get_by_role("button", name="Edit").click()
+    page.get_by_label("Edit message").fill("roll a d6 instead")
+    page.get_by_role("button", name="Save and resend").click()
+    expect(page.locator("article.message.user")).to_have_text(re.compile("roll a d6 instead"))
+    expect(page.locator("article.message.assistant").last).to_contain_text("Edited answer.", timeout=15_000)
+    expect(page.locator("article.message.assistant")).to_have_count(1)
+    assert list(Message.objects.order_by("id").values_list("content", flat=True)) == ["roll a d6 instead", "Edited answer."]
+
+
+def test_shift_enter_makes_a_new_line_and_enter_sends(open_page, live_server_url, model_server):
+    make_user("sam", PASSWORD)
+    page = signed_in(open_page, live_server_url)
+    create_room(page, "Lines")
+    box = page.get_by_label("Message")
+    box.fill("first line")
+    box.press("Shift+Enter")
+    box.press_sequentially("second line")
+    expect(page.locator("article.message.user")).to_have_count(0)
+    box.press("Enter")
+    expect(page.locator("article.message.user")).to_contain_text("second line")
+    assert Message.objects.get(role="user").content == "first line\nsecond line"
+
+
+def test_the_page_works_at_375_pixels(open_page, live_server_url, model_server):
+    make_user("sam", PASSWORD)
+    page = signed_in(open_page, live_server_url)
+    page.set_viewport_size({"width": 375, "height": 740})
+    create_room(page, "Phone")
+    say(page, "hello from a phone")
+    expect(page.locator("article.message.assistant").last).to_contain_text("Echo: hello from a phone", timeout=15_000)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 375, f"the page scrolls sideways: {width}px"
+    expect(page.get_by_role("button", name="Send")).to_be_in_viewport()
+    page.screenshot(path=ARTIFACTS / "chat-375.png")
