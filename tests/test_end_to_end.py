@@ -28,7 +28,9 @@ def log_in(base_url: str, username: str, password: str) -> str:
     request = urllib.request.Request(f"{base_url}/accounts/login/", data=form.encode(),
                                      headers={"Referer": f"{base_url}/accounts/login/"})
     landing = opener.open(request)
-    assert landing.url.rstrip("/") == base_url, "the login form redirects home"
+    # Home (LOGIN_REDIRECT_URL), or the first room that home redirects to; a refused login shows the form again.
+    assert landing.url.startswith(base_url) and urllib.parse.urlsplit(landing.url).path != "/accounts/login/", \
+        f"the login form let {username} in (landed on {landing.url})"
     cookies = {cookie.name: cookie.value for cookie in jar}
     assert "sessionid" in cookies
     return "; ".join(f"{name}={value}" for name, value in cookies.items())

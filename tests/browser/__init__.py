@@ -5,10 +5,17 @@ Helpers for the test modules live here: `from tests.browser import login_page`.
 """
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
+
+from tests.servers import ROOT
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
+
+ARTIFACTS = ROOT / "test-artifacts"  # git-ignored: screenshots of failed browser tests, and home.png
+# The password field's label, "Password" or Django's "Password:", and not "Password confirmation".
+PASSWORD_LABEL = re.compile(r"^Password:?$")
 
 
 def login_page(page: Page, base_url: str, username: str, password: str) -> None:
@@ -19,6 +26,6 @@ def login_page(page: Page, base_url: str, username: str, password: str) -> None:
     """
     page.goto(f"{base_url}/accounts/login/")
     page.get_by_label("Username").fill(username)
-    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_label(PASSWORD_LABEL).fill(password)
     with page.expect_navigation():
         page.get_by_role("button", name="Log in").click()
