@@ -169,6 +169,7 @@ def test_tool_cards_regenerate_and_edit(open_page, live_server_url, model_server
     expect(page.locator("article.message.user")).to_have_text(re.compile("roll a d6 instead"))
     expect(page.locator("article.message.assistant").last).to_contain_text("Edited answer.", timeout=15_000)
     expect(page.locator("article.message.assistant")).to_have_count(1)
+    expect(page.locator("article.message.streaming")).to_have_count(0)  # stream.done: the answer is stored
     assert list(Message.objects.order_by("id").values_list("content", flat=True)) == ["roll a d6 instead", "Edited answer."]
 
 
