@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import itertools
 import json
 import logging
+import re
 import threading
+from collections.abc import Callable
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -18,13 +22,19 @@ from streaming.ui_message import UIMessageBuilder
 
 from . import events, recovery, selectors, services, tools
 from .catalog import BUILTIN_MODEL, model_for_room
-from .models import Message
-from .services import ReplyStart
+from .context import fit_messages_to_budget, litellm_token_counter
+from .models import Message, PendingToolCall
+from .services import ReplyStart, ToolAnswer
 
 logger = logging.getLogger(__name__)
 
 # The replies this process runs, by stream id: a closed socket does not stop them.
 RUNNING: dict[str, ReplyRun] = {}
+
+DATA_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+# Room kept under MESSAGE_MAX_BYTES for what the estimate of a message's stored size leaves out.
+MESSAGE_SIZE_RESERVE_BYTES = 1024
+PART_OVERHEAD_BYTES = 64
 
 FINISH_REASONS = {"stop": "stop", "tool_calls": "tool-calls", "function_call": "tool-calls",
                   "length": "length", "content_filter": "content-filter"}
@@ -39,6 +49,9 @@ def get_litellm() -> ModuleType:
 
     litellm.suppress_debug_info = True
     litellm.telemetry = False
+    # Some model names (llama-*, command-r) make litellm fetch a tokenizer from Hugging Face on
+    # every count; the bundled tiktoken ones are close enough and need no network.
+    litellm.disable_hf_tokenizer_download = True
     # httpx, not aiohttp: closing an httpx stream closes the model's connection at once, which
     # is what makes chat.cancel stop the model's work.
     litellm.disable_aiohttp_transport = True
@@ -57,6 +70,14 @@ def warm_up_in_background() -> None:
 
 class ModelFailure(Exception):
     """The model call failed; the message says why, in words a user can act on."""
+
+
+class AnswerLimitReached(Exception):
+    """The answer reached MESSAGE_MAX_BYTES: it ends here, complete, with a note."""
+
+
+class ToolWaitExpired(Exception):
+    """Nobody answered a tool call within TOOL_WAIT_SECONDS."""
 
 
 def history_messages(history: list[Message], system_prompt: str) -> list[dict[str, Any]]:
@@ -100,15 +121,15 @@ def _assistant_turns(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 class ChunkRelay:
     """Sends chunks to the room's group, batching those that pile up while a send is in flight, so a
-    fast model costs few channel-layer messages."""
+    fast model costs few channel-layer messages. Transient chunks (index None) go out in order, alone."""
 
     def __init__(self, group: str, header: dict[str, Any]) -> None:
         self.group = group
         self.header = header
-        self._pending: list[tuple[int, str]] = []
+        self._pending: list[tuple[int | None, str]] = []
         self._sending: asyncio.Task[None] | None = None
 
-    def push(self, index: int, body: str) -> None:
+    def push(self, index: int | None, body: str) -> None:
         self._pending.append((index, body))
         if self._sending is None:
             self._sending = asyncio.get_running_loop().create_task(self._send_all())
@@ -118,7 +139,12 @@ class ChunkRelay:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                await layer.group_send(self.group, {**self.header, "chunks": batch})
+                for transient, run in itertools.groupby(batch, key=lambda entry: entry[0] is None):
+                    if transient:
+                        for _index, body in run:
+                            await layer.group_send(self.group, {**self.header, "type": "stream.transient", "body": body})
+                    else:
+                        await layer.group_send(self.group, {**self.header, "chunks": list(run)})
         except Exception:
             logger.exception("relaying chunks to %s failed; viewers fill the gap from the database", self.group)
             self._pending.clear()
@@ -145,20 +171,60 @@ class ReplyRun:
         )
         self.stop_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
+        self.toolset: dict[str, tools.Tool] = {}
+        self.waiting: dict[str, asyncio.Future[ToolAnswer]] = {}  # tool calls waiting for a person
+        self.usage = {"inputTokens": 0, "outputTokens": 0, "totalTokens": 0}
+        self.message_bytes = 0  # an estimate of the stored message's size, kept under MESSAGE_MAX_BYTES
+        self._output_bytes: dict[str, int] = {}
         self._generation: asyncio.Task[str] | None = None
         self._open_parts: dict[str, str] = {}  # "text"/"reasoning" -> id of the open part
         self._part_serial = 0
 
     # -- chunks ------------------------------------------------------------------------------
 
-    def emit(self, chunk: dict[str, Any]) -> None:
+    def emit(self, chunk: dict[str, Any], *, transient: bool = False) -> None:
+        body = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
+        if transient:  # live only: no index, not stored, not replayed
+            self.relay.push(None, body)
+            return
         index = self.next_index
         self.next_index += 1
-        body = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
         self.builder.apply(chunk)
         if not self.recorder.failed:
             self.recorder.add(index, chunk, body)
         self.relay.push(index, body)
+
+    def emit_data(self, name: str, data: Any, *, id: str | None = None, transient: bool = False) -> None:  # noqa: A002
+        """A `data-<name>` part: one with the same name and id is updated in place, one without an
+        id is appended, a transient one goes to live viewers only."""
+        if not DATA_NAME_PATTERN.match(name):
+            raise ValueError(f"data part name {name!r} must be lower-case letters, digits and '-'")
+        chunk: dict[str, Any] = {"type": f"data-{name}", "data": data}
+        if id is not None:
+            chunk["id"] = id
+        if transient:
+            chunk["transient"] = True
+        else:
+            self.message_bytes += len(json.dumps(data, default=str)) + PART_OVERHEAD_BYTES
+        self.emit(chunk, transient=transient)
+
+    def _emit_data_from_any_thread(self) -> Callable[..., None]:
+        """emit_data for a tool: a sync tool runs on a worker thread, and chunks are the loop's alone."""
+        loop = asyncio.get_running_loop()
+
+        def emit_data(name: str, data: Any, **options: Any) -> None:
+            if not DATA_NAME_PATTERN.match(name):
+                raise ValueError(f"data part name {name!r} must be lower-case letters, digits and '-'")
+            try:
+                on_loop = asyncio.get_running_loop() is loop
+            except RuntimeError:
+                on_loop = False
+            if on_loop:
+                self.emit_data(name, data, **options)
+            else:  # runs before the tool's own result, which reaches the loop the same way, later
+                loop.call_soon_threadsafe(lambda: self.emit_data(name, data, **options))
+
+        return emit_data
 
     def _delta(self, kind: str, text: str) -> None:
         other = "reasoning" if kind == "text" else "text"
@@ -166,7 +232,18 @@ class ReplyRun:
         if kind not in self._open_parts:
             self._part_serial += 1
             self._open_parts[kind] = f"{kind}-{self._part_serial}"
+            self.message_bytes += PART_OVERHEAD_BYTES
             self.emit({"type": f"{kind}-start", "id": self._open_parts[kind]})
+        # Text is stored twice: in its part and in the message's `content`.
+        copies = 2 if kind == "text" else 1
+        size = (len(json.dumps(text)) - 2) * copies
+        room = self._size_budget() - self.message_bytes
+        if size > room:
+            text = _cut_to_json_size(text, room // copies)
+            if text:
+                self.emit({"type": f"{kind}-delta", "id": self._open_parts[kind], "delta": text})
+            raise AnswerLimitReached
+        self.message_bytes += size
         self.emit({"type": f"{kind}-delta", "id": self._open_parts[kind], "delta": text})
 
     def _close_part(self, kind: str) -> None:
@@ -178,6 +255,27 @@ class ReplyRun:
         self._close_part("reasoning")
         self._close_part("text")
 
+    @staticmethod
+    def _size_budget() -> int:
+        return max(settings.MESSAGE_MAX_BYTES - MESSAGE_SIZE_RESERVE_BYTES, 1024)
+
+    def _emit_output(self, call_id: str, output: Any, *, final: bool) -> Any:
+        """Send a tool's output; one too large to keep within MESSAGE_MAX_BYTES is stored (and shown)
+        compacted. Returns what was sent."""
+        text = json.dumps(output, default=str)
+        self.message_bytes -= self._output_bytes.pop(call_id, 0)
+        if self.message_bytes + len(text) > self._size_budget():
+            output = {"compacted": True, "originalBytes": len(text), "preview": text[:300],
+                      "note": "The output was too large to keep with the message (MESSAGE_MAX_BYTES)."}
+            text = json.dumps(output)
+        self._output_bytes[call_id] = len(text)
+        self.message_bytes += len(text)
+        chunk: dict[str, Any] = {"type": "tool-output-available", "toolCallId": call_id, "output": output}
+        if not final:
+            chunk["preliminary"] = True
+        self.emit(chunk)
+        return output
+
     # -- control -----------------------------------------------------------------------------
 
     def request_stop(self, reason: str) -> None:
@@ -188,27 +286,39 @@ class ReplyRun:
         if self._generation is not None and not self._generation.done():
             self._generation.cancel()
 
-    async def _listen_for_cancel(self, channel: str) -> None:
+    def _take_answer(self, tool_call_id: str, answer: ToolAnswer) -> None:
+        waiting = self.waiting.get(tool_call_id)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(answer)
+
+    async def _listen_for_control(self, channel: str) -> None:
         layer = get_channel_layer()
         while True:
             event = await layer.receive(channel)
             if event.get("type") == "stream.cancel":
                 self.request_stop("aborted")
+            elif event.get("type") == "tool.answer":
+                self._take_answer(str(event.get("toolCallId")), ToolAnswer(event.get("answer") or {}, event.get("userId")))
 
     async def _beat(self) -> None:
         beat = database_sync_to_async(stream_still_wanted, thread_sensitive=False)
+        answers = database_sync_to_async(services.tool_answers_for_stream, thread_sensitive=False)
         while True:
             await asyncio.sleep(settings.STREAM_HEARTBEAT_SECONDS)
             try:
                 wanted = await beat(self.start.stream_id)
+                if self.waiting:  # in case the channel layer lost the news of an answer
+                    for tool_call_id, answer in (await answers(stream_id=self.start.stream_id)).items():
+                        self._take_answer(tool_call_id, answer)
             except Exception:  # a passing database error must not end the heartbeat for good
                 logger.warning("heartbeat of stream %s failed; trying again", self.start.stream_id, exc_info=True)
                 continue
             if not wanted:
                 self.request_stop("aborted")
 
-    async def _subscribe_to_cancel(self) -> tuple[str, str] | None:
-        """Join the stream's control group; without it, cancel still arrives through the database flag."""
+    async def _subscribe_to_control(self) -> tuple[str, str] | None:
+        """Join the stream's control group; without it, cancel and tool answers still arrive
+        through the database, at the next heartbeat."""
         layer = get_channel_layer()
         try:
             channel = await layer.new_channel()
@@ -225,10 +335,10 @@ class ReplyRun:
         # The first chunk goes out before anything can fail or be cancelled, so every stream is a
         # well-formed UI message stream from `start` on.
         self.emit({"type": "start", "messageId": str(self.start.message_id)})
-        control = await self._subscribe_to_cancel()
+        control = await self._subscribe_to_control()
         helpers = [asyncio.create_task(self._beat())]
         if control is not None:
-            helpers.append(asyncio.create_task(self._listen_for_cancel(control[1])))
+            helpers.append(asyncio.create_task(self._listen_for_control(control[1])))
         status, error_text = "complete", None
         outer_cancelled = False
         self._generation = asyncio.create_task(self._generate())
@@ -269,6 +379,10 @@ class ReplyRun:
 
     async def _finish(self, status: str, error_text: str | None) -> None:
         self._close_parts()
+        # Tool calls left open end as errors in the stream itself, so that the stream and the
+        # stored message agree.
+        for tool_call_id, why in self.builder.unfinished_tool_calls():
+            self.emit({"type": "tool-output-error", "toolCallId": tool_call_id, "errorText": why})
         if status == "aborted":
             self.emit({"type": "abort"})
         elif status == "error":
@@ -292,22 +406,58 @@ class ReplyRun:
         )
 
     async def _generate(self) -> str:
+        self.toolset = await self._tools_for_reply()
         history = await database_sync_to_async(selectors.history_for_model)(
             room_id=self.start.room_id, before_message_id=self.start.message_id
         )
         messages = history_messages(history, self.start.system_prompt or settings.LLM_SYSTEM_PROMPT)
+        count_tokens = litellm_token_counter(model_for_room(self.start.model))
         finish_reason = "stop"
-        for _step in range(max(1, settings.LLM_MAX_STEPS)):
-            self.emit({"type": "start-step"})
-            calls, finish_reason = await self._model_step(messages)
+        try:
+            for _step in range(max(1, settings.LLM_MAX_STEPS)):
+                self.emit({"type": "start-step"})
+                # Counting tokens takes CPU in proportion to the history: off the event loop.
+                fitted = await asyncio.to_thread(
+                    fit_messages_to_budget, messages, budget_tokens=settings.LLM_CONTEXT_TOKENS,
+                    count_tokens=count_tokens,
+                )
+                calls, finish_reason, text = await self._model_step(fitted)
+                self._close_parts()
+                if calls:
+                    messages.append(_assistant_tool_turn(text, calls))
+                    await self._run_tools(calls, messages)
+                self.emit({"type": "finish-step"})
+                if not calls:
+                    break
+        except AnswerLimitReached:
             self._close_parts()
-            if calls:
-                await self._run_tools(calls, messages)
+            self.emit_data("notice", {"kind": "message-size", "text": (
+                f"The answer was cut here: a message may hold at most {settings.MESSAGE_MAX_BYTES} bytes.")},
+                id="message-size")
             self.emit({"type": "finish-step"})
-            if not calls:
-                break
+            finish_reason = "length"
         self.emit({"type": "finish", "finishReason": FINISH_REASONS.get(finish_reason, "other")})
         return finish_reason
+
+    async def _tools_for_reply(self) -> dict[str, tools.Tool]:
+        """The registry, the tools of the MCP servers that are up, and the client's own for this request."""
+        toolset = tools.registered_tools()
+        if settings.MCP_SERVERS:
+            from .mcp_servers import mcp_tools
+
+            for remote in await mcp_tools():
+                if remote.name in toolset:
+                    logger.warning("MCP tool %s has the name of another tool; left out", remote.name)
+                    continue
+                toolset[remote.name] = tools.Tool(remote.name, remote.description, remote.input_schema,
+                                                  _mcp_executor(remote.name))
+        try:
+            declared = tools.client_tools_from_body(self.start.body, taken=set(toolset))
+        except tools.ToolDeclarationError as error:  # checked at chat.send; an MCP tool may have taken a name since
+            logger.warning("stream %s: client tools left out: %s", self.start.stream_id, error)
+            declared = []
+        toolset.update((spec.name, spec) for spec in declared)
+        return toolset
 
     def _completion_arguments(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         model = model_for_room(self.start.model)
@@ -315,9 +465,11 @@ class ReplyRun:
             "model": model,
             "messages": messages,
             "stream": True,
-            "tools": [spec.openai_schema() for spec in tools.REGISTRY.values()],
+            "stream_options": {"include_usage": True},  # token counts for the data-usage part
             "timeout": settings.LLM_TIMEOUT_SECONDS,
         }
+        if self.toolset:
+            arguments["tools"] = [spec.openai_schema() for spec in self.toolset.values()]
         if model != BUILTIN_MODEL:
             arguments["max_retries"] = 0
             if settings.LLM_API_BASE:
@@ -326,11 +478,13 @@ class ReplyRun:
                 arguments["api_key"] = settings.LLM_API_KEY or "no-key"
         return arguments
 
-    async def _model_step(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    async def _model_step(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str, str]:
+        """One call to the model: (tool calls, finish reason, text)."""
         litellm = get_litellm()
         calls: dict[int, dict[str, Any]] = {}
         text_parts: list[str] = []
         finish_reason = "stop"
+        usage = None
         try:
             response = await litellm.acompletion(**self._completion_arguments(messages))
         except asyncio.CancelledError:
@@ -339,6 +493,7 @@ class ReplyRun:
             raise ModelFailure(_describe_model_error(error)) from error
         try:
             async for part in response:
+                usage = getattr(part, "usage", None) or usage
                 if not part.choices:
                     continue
                 choice = part.choices[0]
@@ -354,23 +509,24 @@ class ReplyRun:
                 if choice.finish_reason:
                     finish_reason = choice.finish_reason
                 await self.recorder.wait_for_room()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, AnswerLimitReached, StreamStorageError):
             raise
         except Exception as error:
             raise ModelFailure(_describe_model_error(error)) from error
         finally:
             # On cancel this closes the HTTP request, so the model server stops generating.
             await asyncio.shield(_close_quietly(response))
-        ordered = [calls[index] for index in sorted(calls)]
-        if ordered:
-            messages.append({
-                "role": "assistant",
-                "content": "".join(text_parts) or None,
-                "tool_calls": [{"id": c["id"], "type": "function",
-                                "function": {"name": c["name"], "arguments": c["arguments"] or "{}"}}
-                               for c in ordered],
-            })
-        return ordered, finish_reason
+        self._count_usage(usage)
+        return [calls[index] for index in sorted(calls)], finish_reason, "".join(text_parts)
+
+    def _count_usage(self, usage: Any) -> None:
+        """Add a step's token counts to the message's `data-usage` part, updated in place."""
+        if usage is None:
+            return
+        self.usage["inputTokens"] += getattr(usage, "prompt_tokens", 0) or 0
+        self.usage["outputTokens"] += getattr(usage, "completion_tokens", 0) or 0
+        self.usage["totalTokens"] += getattr(usage, "total_tokens", 0) or 0
+        self.emit_data("usage", {"model": model_for_room(self.start.model), **self.usage}, id="usage")
 
     def _tool_call_delta(self, calls: dict[int, dict[str, Any]], call: Any) -> None:
         index = getattr(call, "index", None) or 0
@@ -382,31 +538,124 @@ class ReplyRun:
             self._close_parts()
             entry = calls[index] = {"id": call.id or f"call_{self.start.stream_id[:8]}_{index}",
                                     "name": name or "unknown", "arguments": ""}
+            self.message_bytes += PART_OVERHEAD_BYTES
             self.emit({"type": "tool-input-start", "toolCallId": entry["id"], "toolName": entry["name"]})
         if arguments:
             entry["arguments"] += arguments
+            self.message_bytes += len(arguments)
             self.emit({"type": "tool-input-delta", "toolCallId": entry["id"], "inputTextDelta": arguments})
 
     async def _run_tools(self, calls: list[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
         for call in calls:
+            result = await self._run_tool_call(call)
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result, default=str)})
+
+    async def _run_tool_call(self, call: dict[str, Any]) -> Any:
+        """Carry out one tool call, asking a person first where the tool wants it; returns what the
+        model sees (the full output, an error, or a denial)."""
+        call_id, name = call["id"], call["name"]
+        try:
+            arguments = json.loads(call["arguments"] or "{}")
+        except ValueError:
+            arguments = call["arguments"]
+        self.emit({"type": "tool-input-available", "toolCallId": call_id, "toolName": name, "input": arguments})
+        spec = self.toolset.get(name)
+        waited = False
+        try:
+            if spec is None:
+                raise tools.ToolInputError(f"there is no tool named {name!r}")
+            arguments = tools.check_arguments(spec, arguments)
+            approver_id = None
+            if spec.runs_on_client:
+                waited = True
+                answer = await self._wait_for_person(call_id, name, PendingToolCall.Kind.CLIENT)
+                output = tools.cap_output(answer.answer.get("output"))
+                self._emit_output(call_id, output, final=True)
+                return output
+            if spec.approval_required(arguments):
+                waited = True
+                approval_id = f"approval-{call_id}"
+                self.emit({"type": "tool-approval-request", "approvalId": approval_id, "toolCallId": call_id})
+                answer = await self._wait_for_person(call_id, name, PendingToolCall.Kind.APPROVAL)
+                approved = bool(answer.answer.get("approved"))
+                self.emit({"type": "tool-approval-response", "approvalId": approval_id, "approved": approved})
+                if not approved:
+                    self.emit({"type": "tool-output-denied", "toolCallId": call_id})
+                    return {"denied": True, "reason": "A person in the chat denied this tool call."}
+                approver_id = answer.user_id
+            context = tools.ToolContext(
+                room_id=self.start.room_id, user_id=self.start.user_id, approver_id=approver_id,
+                tool_call_id=call_id, body=dict(self.start.body or {}), emit_data=self._emit_data_from_any_thread(),
+            )
+            output: Any = None
+            async for output, final in tools.run_tool(spec, arguments, context):
+                self._emit_output(call_id, output, final=final)
+            return output
+        except (asyncio.CancelledError, AnswerLimitReached):
+            waited = False
+            raise
+        except Exception as error:
+            message = str(error) or type(error).__name__
+            self.emit({"type": "tool-output-error", "toolCallId": call_id, "errorText": message})
+            return {"error": message}
+        finally:
+            if waited:
+                await self._publish_progress()
+
+    async def _wait_for_person(self, tool_call_id: str, tool_name: str, kind: str) -> ToolAnswer:
+        """Wait for `tool.approval` or `tool.result` from anyone who can see the room, on any worker."""
+        waiting: asyncio.Future[ToolAnswer] = asyncio.get_running_loop().create_future()
+        self.waiting[tool_call_id] = waiting
+        try:
+            await self.recorder.flush()  # a viewer who joins now replays the request and can answer it
+            await database_sync_to_async(services.tool_wait_begin, thread_sensitive=False)(
+                start=self.start, tool_call_id=tool_call_id, tool_name=tool_name, kind=kind,
+                parts=copy.deepcopy(self.builder.parts),
+            )
             try:
-                arguments = json.loads(call["arguments"] or "{}")
-            except ValueError:
-                arguments = call["arguments"]
-            self.emit({"type": "tool-input-available", "toolCallId": call["id"], "toolName": call["name"],
-                       "input": arguments})
-            try:
-                output = await tools.run_tool(call["name"], arguments)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                message = str(error) or type(error).__name__
-                self.emit({"type": "tool-output-error", "toolCallId": call["id"], "errorText": message})
-                result: Any = {"error": message}
-            else:
-                self.emit({"type": "tool-output-available", "toolCallId": call["id"], "output": output})
-                result = output
-            messages.append({"role": "tool", "tool_call_id": call["id"], "content": json.dumps(result)})
+                return await asyncio.wait_for(asyncio.shield(waiting), timeout=settings.TOOL_WAIT_SECONDS)
+            except TimeoutError:
+                late = await database_sync_to_async(services.tool_wait_expire, thread_sensitive=False)(
+                    stream_id=self.start.stream_id, tool_call_id=tool_call_id)
+                if late is not None:
+                    return late
+                what = "approval" if kind == PendingToolCall.Kind.APPROVAL else "result from the client"
+                raise ToolWaitExpired(f"No {what} came within {settings.TOOL_WAIT_SECONDS} seconds.") from None
+        finally:
+            self.waiting.pop(tool_call_id, None)
+
+    async def _publish_progress(self) -> None:
+        try:
+            await database_sync_to_async(services.reply_publish_progress, thread_sensitive=False)(
+                start=self.start, parts=copy.deepcopy(self.builder.parts))
+        except Exception:  # viewers still have the chunks; message.updated is a courtesy
+            logger.warning("stream %s: publishing progress failed", self.start.stream_id, exc_info=True)
+
+
+def _assistant_tool_turn(text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [{"id": c["id"], "type": "function",
+                        "function": {"name": c["name"], "arguments": c["arguments"] or "{}"}} for c in calls],
+    }
+
+
+def _mcp_executor(name: str) -> Any:
+    from .mcp_servers import mcp_call_tool
+
+    async def execute(**arguments: Any) -> Any:
+        return await mcp_call_tool(name, arguments)
+
+    return execute
+
+
+def _cut_to_json_size(text: str, size: int) -> str:
+    """The longest prefix of text whose JSON string form is at most `size` bytes (quotes aside)."""
+    kept = text[: max(size, 0)]
+    while kept and len(json.dumps(kept)) - 2 > size:
+        kept = kept[: len(kept) * 3 // 4]
+    return kept
 
 
 async def _close_quietly(response: Any) -> None:

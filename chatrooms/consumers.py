@@ -15,6 +15,7 @@ from streaming.replay import chunks_after
 
 from . import assistant, events, recovery, selectors, services
 from .catalog import model_choices
+from .models import PendingToolCall
 from .protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
@@ -23,6 +24,7 @@ from .protocol import (
     frame_ref,
     parse_frame,
     room_to_dict,
+    transient_frame_text,
     validate_frame,
 )
 from .selectors import RoomNotFound
@@ -137,18 +139,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         assistant.start_reply(start)
 
-    async def on_chat_regenerate(self, *, ref: str | None, requestId: str, roomId: str | None = None) -> None:  # noqa: N803
+    async def on_chat_regenerate(
+        self, *, ref: str | None, requestId: str, roomId: str | None = None, body: dict[str, Any] | None = None,  # noqa: N803
+    ) -> None:
         room_id = await self._room_to_stream_in(roomId)
         start = await database_sync_to_async(services.chat_regenerate)(
-            user=self.user, room_id=room_id, request_id=requestId
+            user=self.user, room_id=room_id, request_id=requestId, body=body
         )
         assistant.start_reply(start)
 
-    async def on_chat_edit(self, *, ref: str | None, requestId: str, messageId: str, text: str) -> None:  # noqa: N803
+    async def on_chat_edit(
+        self, *, ref: str | None, requestId: str, messageId: str, text: str, body: dict[str, Any] | None = None,  # noqa: N803
+    ) -> None:
         if self.active_room is None:
             raise ActionRefused("bad_request", "Join a room before editing its messages.")
         start = await database_sync_to_async(services.chat_edit)(
-            user=self.user, room_id=self.active_room, message_id=messageId, text=text, request_id=requestId
+            user=self.user, room_id=self.active_room, message_id=messageId, text=text, request_id=requestId, body=body
         )
         assistant.start_reply(start)
 
@@ -159,10 +165,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_json(_with_ref({"type": "ack"}, ref))
 
     async def on_tool_result(self, *, ref: str | None, requestId: str, toolCallId: str, output: Any) -> None:  # noqa: N803
-        raise ActionRefused("not_found", "No tool call with that id is waiting for a result.")
+        await database_sync_to_async(services.tool_call_answer)(
+            user=self.user, tool_call_id=toolCallId, kind=PendingToolCall.Kind.CLIENT, answer={"output": output},
+            prefer_room_id=self.active_room,
+        )
+        await self.send_json(_with_ref({"type": "ack"}, ref))
 
     async def on_tool_approval(self, *, ref: str | None, requestId: str, toolCallId: str, approved: bool) -> None:  # noqa: N803
-        raise ActionRefused("not_found", "No tool call with that id is waiting for approval.")
+        await database_sync_to_async(services.tool_call_answer)(
+            user=self.user, tool_call_id=toolCallId, kind=PendingToolCall.Kind.APPROVAL,
+            answer={"approved": approved}, prefer_room_id=self.active_room,
+        )
+        await self.send_json(_with_ref({"type": "ack"}, ref))
 
     def _cancel(self, request_id: str) -> bool:
         live = selectors.live_stream_for_user_request(
@@ -282,6 +296,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # The channel layer dropped something: take the missing chunks from the database.
             await self._fill_gap(cursor, chunks[0][0] - 1)
         await self._send_chunks(cursor, chunks, replay=False)
+
+    async def stream_transient(self, event: dict[str, Any]) -> None:
+        """A transient data part: live viewers get it once, as `stream.data`; nobody gets it later."""
+        if event["roomId"] != self.active_room or event["streamId"] not in self.streams:
+            return
+        await self.send(text_data=transient_frame_text(
+            room_id=event["roomId"], request_id=event["requestId"], stream_id=event["streamId"], body=event["body"]))
 
     async def stream_check(self, event: dict[str, Any]) -> None:
         """A tracked stream has been quiet: make sure nothing was lost on the way."""

@@ -22,7 +22,9 @@ You asked: "{question}"
 I can't really think, but I can show what the app does:
 
 - Ask me to **roll a d20** (or any die) and I'll call the `roll_dice` tool.
-- Ask me **what time it is** and I'll call the `get_current_time` tool.
+- Ask me **what time it is** and I'll call the `get_current_time` tool, or for **my local time** and \
+your browser answers through the `get_local_time` tool.
+- Ask me to **rename this room to** something and I'll ask you to approve the `rename_room` tool.
 - Close the tab while I talk and come back: the answer picks up where it left off.
 
 To talk to a real model, set `LLM_MODEL` and `LLM_API_BASE` (and `LLM_API_KEY` if it needs one) \
@@ -52,6 +54,11 @@ def plan_reply(messages: list[dict[str, Any]], tool_names: set[str]) -> tuple[st
     if "roll_dice" in tool_names and (dice or "roll" in lowered or "dice" in lowered or "die" in lowered.split()):
         sides = int(dice.group(1)) if dice else 6
         return "", {"name": "roll_dice", "arguments": {"sides": sides}}
+    rename = re.search(r"\brename (?:this|the) room to\s+[\"']?(.+?)[\"']?\s*$", question, re.IGNORECASE)
+    if "rename_room" in tool_names and rename:
+        return "", {"name": "rename_room", "arguments": {"name": rename.group(1)[:100]}}
+    if "get_local_time" in tool_names and re.search(r"\b(my|local) time\b", lowered):
+        return "", {"name": "get_local_time", "arguments": {}}
     if "get_current_time" in tool_names and re.search(r"\b(time|date|day is it|what day)\b", lowered):
         return "", {"name": "get_current_time", "arguments": {}}
     return INTRODUCTION.format(question=question[:200].replace('"', "'")), None
@@ -66,6 +73,12 @@ def _describe_tool_result(message: dict[str, Any]) -> str:
         return f"🎲 You rolled a **{result['result']}** on a d{result['sides']}."
     if isinstance(result, dict) and "utc" in result:
         return f"It is **{result['utc']}** (UTC), a {result.get('weekday', 'day')}."
+    if isinstance(result, dict) and result.get("renamed"):
+        return f"Done: this room is now called **{result['name']}**."
+    if isinstance(result, dict) and "localTime" in result:
+        return f"Your browser says it is **{result['localTime']}** ({result.get('timeZone', 'local time')})."
+    if isinstance(result, dict) and "denied" in result:
+        return "All right, I won't do that."
     if isinstance(result, dict) and "error" in result:
         return f"The tool failed: {result['error']}"
     return f"The tool answered: `{_text_of(message)[:500]}`"
@@ -75,15 +88,20 @@ def _words(text: str) -> Iterator[str]:
     yield from re.findall(r"\S+\s*|\s+", text)
 
 
-def _chunk(text: str = "", *, finished: bool = False, reason: str = "", tool_use: Any = None) -> GenericStreamingChunk:
+def _chunk(text: str = "", *, finished: bool = False, reason: str = "", tool_use: Any = None,
+           usage: Any = None) -> GenericStreamingChunk:
     return {
         "text": text,
         "tool_use": tool_use,
         "is_finished": finished,
         "finish_reason": reason,
-        "usage": None,
+        "usage": usage,
         "index": 0,
     }
+
+
+def _word_count(messages: list[dict[str, Any]]) -> int:
+    return sum(len(_text_of(message).split()) + 4 for message in messages)
 
 
 class LocalDemoModel(CustomLLM):
@@ -107,7 +125,10 @@ class LocalDemoModel(CustomLLM):
                 "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])},
                 "index": 0,
             })
-        yield _chunk(finished=True, reason="tool_calls" if call else "stop")
+        # Words stand in for tokens: this model has no tokenizer, and the counts only need to be plausible.
+        prompt, completion = _word_count(messages), len(text.split()) + (10 if call else 0)
+        yield _chunk(finished=True, reason="tool_calls" if call else "stop", usage={
+            "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 
     async def acompletion(self, *args: Any, **kwargs: Any) -> ModelResponse:  # type: ignore[override]
         messages = kwargs.get("messages") or []

@@ -80,3 +80,40 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} in {self.room_id}: {self.content[:40]}"
+
+
+class PendingToolCall(models.Model):
+    """A tool call that waits for a person: an approval, or a client-side tool's result. Any worker
+    can take the answer; the one running the stream hears of it on the channel layer."""
+
+    class Kind(models.TextChoices):
+        APPROVAL = "approval"
+        CLIENT = "client"
+
+    class State(models.TextChoices):
+        WAITING = "waiting"
+        ANSWERED = "answered"
+        EXPIRED = "expired"  # TOOL_WAIT_SECONDS passed first
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="+")
+    # Answerable only while its stream is live; the stream's deletion takes it along.
+    stream = models.ForeignKey("streaming.Stream", on_delete=models.CASCADE, related_name="+")
+    tool_call_id = models.CharField(max_length=200)
+    tool_name = models.CharField(max_length=64)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.WAITING)
+    answer = models.JSONField(null=True, blank=True)
+    answered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tool_call_id", "state"], name="chatrooms_pending_call_lookup")]
+        constraints = [
+            models.UniqueConstraint(fields=["stream", "tool_call_id"], name="chatrooms_pending_call_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.tool_name} ({self.state})"

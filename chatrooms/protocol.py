@@ -13,6 +13,7 @@ PROTOCOL_VERSION = 1
 FRAME_MAX_BYTES = 64 * 1024
 REF_MAX_LENGTH = 64
 REQUEST_ID_MAX_LENGTH = 64
+TOOL_CALL_ID_MAX_LENGTH = 200  # models choose these ids, and some choose long ones
 BODY_MAX_BYTES = 16 * 1024
 ID_MAX_LENGTH = 64
 
@@ -44,6 +45,14 @@ def _request_id() -> Field:
     return Field(str, min_length=1, max_length=REQUEST_ID_MAX_LENGTH)
 
 
+def _body() -> Field:
+    return Field(dict, required=False, max_bytes=BODY_MAX_BYTES)
+
+
+def _tool_call_id() -> Field:
+    return Field(str, min_length=1, max_length=TOOL_CALL_ID_MAX_LENGTH)
+
+
 FRAME_FIELDS: dict[str, dict[str, Field]] = {
     "room.create": {"name": Field(str, min_length=1, max_length=ROOM_NAME_MAX_LENGTH, strip=True)},
     "room.rename": {"roomId": _id(), "name": Field(str, min_length=1, max_length=ROOM_NAME_MAX_LENGTH, strip=True)},
@@ -60,17 +69,18 @@ FRAME_FIELDS: dict[str, dict[str, Field]] = {
         "requestId": _request_id(),
         "text": Field(str, min_length=1, max_length=MESSAGE_TEXT_MAX_LENGTH),
         "roomId": _id(required=False),
-        "body": Field(dict, required=False, max_bytes=BODY_MAX_BYTES),
+        "body": _body(),
     },
-    "chat.regenerate": {"requestId": _request_id(), "roomId": _id(required=False)},
+    "chat.regenerate": {"requestId": _request_id(), "roomId": _id(required=False), "body": _body()},
     "chat.edit": {
         "requestId": _request_id(),
         "messageId": _id(),
         "text": Field(str, min_length=1, max_length=MESSAGE_TEXT_MAX_LENGTH),
+        "body": _body(),
     },
     "chat.cancel": {"requestId": _request_id()},
-    "tool.result": {"requestId": _request_id(), "toolCallId": _id(), "output": Field(object)},
-    "tool.approval": {"requestId": _request_id(), "toolCallId": _id(), "approved": Field(bool)},
+    "tool.result": {"requestId": _request_id(), "toolCallId": _tool_call_id(), "output": Field(object)},
+    "tool.approval": {"requestId": _request_id(), "toolCallId": _tool_call_id(), "approved": Field(bool)},
 }
 
 KIND_NAMES = {str: "a string", dict: "an object", bool: "a boolean", int: "an integer"}
@@ -178,6 +188,12 @@ def chunk_frame_text(*, room_id: str, request_id: str, stream_id: str, index: in
     )
     tail = ', "replay": true}' if replay else "}"
     return f'{head[:-1]}, "chunk": {body}{tail}'
+
+
+def transient_frame_text(*, room_id: str, request_id: str, stream_id: str, body: str) -> str:
+    """A `stream.data` frame: a transient data part, sent live and never stored."""
+    head = json.dumps({"type": "stream.data", "roomId": room_id, "requestId": request_id, "streamId": stream_id})
+    return f'{head[:-1]}, "chunk": {body}}}'
 
 
 def room_to_dict(room: Room) -> dict[str, Any]:

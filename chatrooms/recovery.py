@@ -94,8 +94,15 @@ def install_shutdown_hook() -> None:
 
     from .assistant import interrupt_all
 
+    async def stop_everything() -> None:
+        await interrupt_all()
+        if settings.MCP_SERVERS:
+            from .mcp_servers import mcp_close_all
+
+            await mcp_close_all()
+
     def before_shutdown() -> defer.Deferred:
-        return defer.Deferred.fromFuture(asyncio.ensure_future(interrupt_all()))
+        return defer.Deferred.fromFuture(asyncio.ensure_future(stop_everything()))
 
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
     install_shutdown_hook.done = True  # type: ignore[attr-defined]

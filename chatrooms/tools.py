@@ -1,23 +1,54 @@
-"""The tools the model may call: declare one with @tool and it joins the registry."""
+"""The tools the model may call: declare one with @tool (or @client_tool) and it joins the registry."""
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import random
+import re
+import types
 import typing
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from functools import cache
+from typing import Annotated, Any, Literal
 
-from asgiref.sync import sync_to_async
+from django.conf import settings
 
 TOOL_OUTPUT_MAX_CHARS = 16_000
-JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
+TOOL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CLIENT_TOOLS_MAX_COUNT = 16
+CLIENT_TOOL_SCHEMA_MAX_BYTES = 4096
+CLIENT_TOOL_DESCRIPTION_MAX_CHARS = 1000
+JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object"}
 
 
 class ToolInputError(ValueError):
     """The model called a tool with arguments that do not fit its schema."""
+
+
+class ToolDeclarationError(ValueError):
+    """A client declared a tool that cannot be offered to the model."""
+
+
+@dataclass
+class ToolContext:
+    """What a tool may know of the reply that called it, and how it reports progress.
+
+    A tool receives it when it has a parameter annotated `ToolContext`; that parameter is not part
+    of the schema the model sees."""
+
+    room_id: int
+    user_id: int | None  # who asked for the answer
+    approver_id: int | None  # who approved this call, for tools that need approval
+    tool_call_id: str
+    body: dict[str, Any]  # chat.send's `body`, as the client sent it
+    emit_data: Callable[..., None] = field(repr=False, default=lambda *args, **kwargs: None)
+
+    def data(self, name: str, data: Any, *, id: str | None = None, transient: bool = False) -> None:  # noqa: A002
+        """Send a `data-<name>` part: same name and id updates in place; transient is live only."""
+        self.emit_data(name, data, id=id, transient=transient)
 
 
 @dataclass(frozen=True)
@@ -25,7 +56,20 @@ class Tool:
     name: str
     description: str
     parameters: dict[str, Any]
-    execute: Callable[..., Any]
+    # None: a client-side tool, which the browser (or any client) answers with `tool.result`.
+    execute: Callable[..., Any] | None = None
+    # Ask a person before running: a bool, or a function of the call's arguments.
+    needs_approval: bool | Callable[[dict[str, Any]], bool] = False
+    context_parameter: str | None = None
+
+    @property
+    def runs_on_client(self) -> bool:
+        return self.execute is None
+
+    def approval_required(self, arguments: dict[str, Any]) -> bool:
+        if callable(self.needs_approval):
+            return bool(self.needs_approval(arguments))
+        return self.needs_approval
 
     def openai_schema(self) -> dict[str, Any]:
         return {"type": "function", "function": {"name": self.name, "description": self.description,
@@ -35,67 +79,188 @@ class Tool:
 REGISTRY: dict[str, Tool] = {}
 
 
-def _schema_for(function: Callable[..., Any]) -> dict[str, Any]:
-    hints = typing.get_type_hints(function)
+def _json_schema_for(annotation: Any) -> dict[str, Any]:
+    origin = typing.get_origin(annotation)
+    arguments = typing.get_args(annotation)
+    if origin is Annotated:
+        schema = _json_schema_for(arguments[0])
+        descriptions = [a for a in arguments[1:] if isinstance(a, str)]
+        return {**schema, "description": descriptions[0]} if descriptions else schema
+    if origin is Literal:
+        return {"enum": list(arguments)}
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in arguments if a is not type(None)]
+        return _json_schema_for(options[0]) if len(options) == 1 else {}
+    if origin in (list, tuple, set, frozenset):
+        return {"type": "array", "items": _json_schema_for(arguments[0]) if arguments else {}}
+    if origin is dict:
+        return {"type": "object"}
+    return {"type": JSON_TYPES[annotation]} if annotation in JSON_TYPES else {}
+
+
+def _describe_function(function: Callable[..., Any]) -> tuple[dict[str, Any], str | None]:
+    """The JSON schema of a function's parameters, from its type hints and defaults, and the name
+    of its ToolContext parameter if it has one."""
+    hints = typing.get_type_hints(function, include_extras=True)
     properties: dict[str, Any] = {}
     required: list[str] = []
+    context_parameter = None
     for name, parameter in inspect.signature(function).parameters.items():
-        json_type = JSON_TYPES.get(hints.get(name, str), "string")
-        properties[name] = {"type": json_type}
+        annotation = hints.get(name, str)
+        if annotation is ToolContext:
+            context_parameter = name
+            continue
+        properties[name] = _json_schema_for(annotation)
         if parameter.default is inspect.Parameter.empty:
             required.append(name)
-        else:
+        elif parameter.default is not None:
             properties[name]["default"] = parameter.default
-    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    schema = {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+    return schema, context_parameter
 
 
-def tool(description: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a function as a tool; its JSON schema comes from its type hints and defaults."""
+def tool(
+    description: str, *, needs_approval: bool | Callable[[dict[str, Any]], bool] = False, name: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a function (sync, async, or an async generator that yields progress) as a tool the
+    server runs. Its JSON schema comes from its type hints and defaults."""
 
     def register(function: Callable[..., Any]) -> Callable[..., Any]:
-        REGISTRY[function.__name__] = Tool(function.__name__, description, _schema_for(function), function)
+        parameters, context_parameter = _describe_function(function)
+        register_tool(Tool(name or function.__name__, description, parameters, function, needs_approval,
+                           context_parameter))
         return function
 
     return register
 
 
-def _check_arguments(spec: Tool, arguments: Any) -> dict[str, Any]:
+def client_tool(description: str, *, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a tool that the client answers (`tool.result`); the function only gives its schema."""
+
+    def register(function: Callable[..., Any]) -> Callable[..., Any]:
+        parameters, _context = _describe_function(function)
+        register_tool(Tool(name or function.__name__, description, parameters))
+        return function
+
+    return register
+
+
+def register_tool(spec: Tool) -> Tool:
+    if not TOOL_NAME_PATTERN.match(spec.name):
+        raise ValueError(f"tool name {spec.name!r} must be 1 to 64 letters, digits, '_' or '-'")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+@cache
+def load_tool_modules() -> tuple[str, ...]:
+    """Import the project's tool modules (setting TOOL_MODULES) once, so their @tool functions register."""
+    for module in settings.TOOL_MODULES:
+        importlib.import_module(module)
+    return tuple(settings.TOOL_MODULES)
+
+
+def registered_tools() -> dict[str, Tool]:
+    load_tool_modules()
+    return dict(REGISTRY)
+
+
+# -- tools a client declares for one request ----------------------------------------------------
+
+
+def client_tools_from_body(body: dict[str, Any] | None, taken: set[str]) -> list[Tool]:
+    """The tools in `body.clientTools`: `[{name, description?, inputSchema?}]`, checked; raises
+    ToolDeclarationError with a message fit for the client."""
+    declared = (body or {}).get("clientTools")
+    if declared is None:
+        return []
+    if not isinstance(declared, list):
+        raise ToolDeclarationError("body.clientTools must be a list of {name, description, inputSchema}.")
+    if len(declared) > CLIENT_TOOLS_MAX_COUNT:
+        raise ToolDeclarationError(f"body.clientTools may declare at most {CLIENT_TOOLS_MAX_COUNT} tools.")
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    specs: list[Tool] = []
+    seen: set[str] = set()
+    for position, entry in enumerate(declared):
+        where = f"body.clientTools[{position}]"
+        if not isinstance(entry, dict) or set(entry) - {"name", "description", "inputSchema"}:
+            raise ToolDeclarationError(f"{where} must be an object with name, description and inputSchema only.")
+        name = entry.get("name")
+        if not isinstance(name, str) or not TOOL_NAME_PATTERN.match(name):
+            raise ToolDeclarationError(f"{where}.name must be 1 to 64 letters, digits, '_' or '-'.")
+        if name in taken or name in seen:
+            raise ToolDeclarationError(f"{where}.name {name!r} is already the name of another tool.")
+        description = entry.get("description", "")
+        if not isinstance(description, str) or len(description) > CLIENT_TOOL_DESCRIPTION_MAX_CHARS:
+            raise ToolDeclarationError(
+                f"{where}.description must be a string of at most {CLIENT_TOOL_DESCRIPTION_MAX_CHARS} characters.")
+        schema = entry.get("inputSchema", {"type": "object", "properties": {}})
+        if not isinstance(schema, dict) or schema.get("type") != "object":
+            raise ToolDeclarationError(f"{where}.inputSchema must be a JSON schema of type object.")
+        if len(json.dumps(schema)) > CLIENT_TOOL_SCHEMA_MAX_BYTES:
+            raise ToolDeclarationError(f"{where}.inputSchema must be at most {CLIENT_TOOL_SCHEMA_MAX_BYTES} bytes.")
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as error:
+            raise ToolDeclarationError(f"{where}.inputSchema is not a valid JSON schema: {error.message}") from None
+        seen.add(name)
+        specs.append(Tool(name, description, schema))
+    return specs
+
+
+# -- running ------------------------------------------------------------------------------------
+
+
+def check_arguments(spec: Tool, arguments: Any) -> dict[str, Any]:
+    """The call's arguments if they fit the tool's schema; raises ToolInputError saying why not."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
     if not isinstance(arguments, dict):
         raise ToolInputError("the arguments must be a JSON object")
-    properties = spec.parameters["properties"]
-    unknown = set(arguments) - set(properties)
-    if unknown:
-        raise ToolInputError(f"unknown argument(s): {', '.join(sorted(unknown))}")
-    missing = [name for name in spec.parameters["required"] if name not in arguments]
-    if missing:
-        raise ToolInputError(f"missing argument(s): {', '.join(missing)}")
-    python_types = {value: key for key, value in JSON_TYPES.items()}
-    for name, value in arguments.items():
-        expected = python_types[properties[name]["type"]]
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            continue
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ToolInputError(f"`{name}` must be a {properties[name]['type']}")
+    error = best_match(Draft202012Validator(spec.parameters).iter_errors(arguments))
+    if error is not None:
+        where = "/".join(str(step) for step in error.absolute_path)
+        raise ToolInputError(f"{where}: {error.message}" if where else error.message)
     return arguments
 
 
-async def run_tool(name: str, arguments: Any) -> Any:
-    """Run a registered tool; raises ToolInputError or whatever the tool raises."""
-    spec = REGISTRY.get(name)
-    if spec is None:
-        raise ToolInputError(f"there is no tool named {name!r}")
-    arguments = _check_arguments(spec, arguments)
-    if inspect.iscoroutinefunction(spec.execute):
-        output = await spec.execute(**arguments)
-    else:
-        output = await sync_to_async(spec.execute, thread_sensitive=False)(**arguments)
-    text = json.dumps(output, default=str)
+def cap_output(output: Any) -> Any:
+    """A tool's output as JSON-ready data, cut to TOOL_OUTPUT_MAX_CHARS with a marker when larger."""
+    text = json.dumps(output, default=str, ensure_ascii=False)
     if len(text) > TOOL_OUTPUT_MAX_CHARS:
-        return {"truncated": True, "text": text[:TOOL_OUTPUT_MAX_CHARS]}
+        return {"truncated": True, "originalChars": len(text), "text": text[:TOOL_OUTPUT_MAX_CHARS]}
     return json.loads(text)
 
 
-# -- built-in tools ----------------------------------------------------------------------------
+async def run_tool(spec: Tool, arguments: dict[str, Any], context: ToolContext) -> AsyncIterator[tuple[Any, bool]]:
+    """Run a server tool: yields (output, final). An async generator tool yields its progress
+    first (final False); its last value is the output. Raises whatever the tool raises."""
+    from channels.db import database_sync_to_async
+
+    assert spec.execute is not None
+    call_arguments = dict(arguments)
+    if spec.context_parameter:
+        call_arguments[spec.context_parameter] = context
+    if inspect.isasyncgenfunction(spec.execute):
+        last: Any = None
+        async for progress in spec.execute(**call_arguments):
+            if last is not None:
+                yield cap_output(last[0]), False
+            last = (progress,)
+        yield cap_output(last[0] if last else None), True
+        return
+    if inspect.iscoroutinefunction(spec.execute):
+        output = await spec.execute(**call_arguments)
+    else:
+        # Off the shared database thread: a slow tool must not stall every socket of the worker.
+        output = await database_sync_to_async(spec.execute, thread_sensitive=False)(**call_arguments)
+    yield cap_output(output), True
+
+
+# -- built-in tools -----------------------------------------------------------------------------
 
 
 @tool("Get the current date and time in UTC, as ISO 8601.")
@@ -109,3 +274,27 @@ def roll_dice(sides: int = 6) -> dict[str, int]:
     if not 2 <= sides <= 1000:
         raise ToolInputError("sides must be between 2 and 1000")
     return {"sides": sides, "result": random.randint(1, sides)}
+
+
+@tool("Rename the current chat room. A person in the room must approve it first.", needs_approval=True)
+def rename_room(name: Annotated[str, "The new name, 1 to 100 characters"], context: ToolContext) -> dict[str, str]:
+    from django.contrib.auth import get_user_model
+
+    from .services import ActionRefused, room_rename
+
+    cleaned = name.strip()
+    if not 1 <= len(cleaned) <= 100:
+        raise ToolInputError("the name must be 1 to 100 characters")
+    approver = get_user_model().objects.filter(pk=context.approver_id).first()
+    if approver is None:
+        raise ToolInputError("nobody approved the rename")
+    try:
+        room = room_rename(user=approver, room_id=context.room_id, name=cleaned)
+    except ActionRefused as refusal:
+        raise ToolInputError(refusal.message) from None
+    return {"renamed": True, "name": room.name}
+
+
+@client_tool("Get the user's local date, time and time zone from their browser.")
+def get_local_time() -> None:
+    """Answered by the client with {localTime, timeZone, utcOffsetMinutes}."""

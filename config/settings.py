@@ -5,6 +5,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from config.mcp_config import parse_mcp_servers, parse_seconds
+
 # litellm fetches a model price list from the internet at import unless this is set first.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
@@ -174,8 +176,35 @@ LLM_API_KEY = os.environ.get("LLM_API_KEY", "").strip() or None
 LLM_MAX_STEPS = env_int("LLM_MAX_STEPS", 5)
 LLM_SYSTEM_PROMPT = os.environ.get("LLM_SYSTEM_PROMPT", "You are a helpful assistant in a chat room.")
 LLM_TIMEOUT_SECONDS = env_int("LLM_TIMEOUT_SECONDS", 120)
+# The tokens of conversation sent to the model at each step: older tool outputs are compacted, then
+# older turns dropped, to fit (chatrooms/context.py). Leave room under the model's real window for
+# the tool definitions and the answer.
+LLM_CONTEXT_TOKENS = env_int("LLM_CONTEXT_TOKENS", 32000)
 # Milliseconds between the built-in model's words: a pace a person can watch.
 LOCAL_MODEL_DELAY_MS = env_int("LOCAL_MODEL_DELAY_MS", 25)
+
+# -- tools ------------------------------------------------------------------------------------
+# Modules whose @tool functions join the built-in ones (comma-separated dotted paths).
+TOOL_MODULES = env_list("TOOL_MODULES", [])
+# How long a reply waits for a person's approval or a client's tool result before giving up.
+TOOL_WAIT_SECONDS = env_int("TOOL_WAIT_SECONDS", 300)
+# An assistant message stored larger than this has its tool outputs compacted, then its text cut.
+MESSAGE_MAX_BYTES = env_int("MESSAGE_MAX_BYTES", 256 * 1024)
+
+# -- tools from MCP servers --------------------------------------------------------------------
+# MCP_SERVERS: a JSON list, each entry {"name", "command", "args"?, "env"?} (a stdio subprocess) or
+# {"name", "url", "headers"?} (streamable HTTP); a bad entry stops startup. DANGEROUS: a stdio
+# entry runs its command as this process's user, and every server's tools are offered to the model.
+# A stdio server gets only PATH, HOME and a few such variables from this environment, plus its "env".
+MCP_SERVERS = parse_mcp_servers(os.environ.get("MCP_SERVERS", ""))
+# How long building a reply waits for servers that are still connecting; later replies get them.
+MCP_WAIT_SECONDS = parse_seconds("MCP_WAIT_SECONDS", os.environ.get("MCP_WAIT_SECONDS", ""), 5)
+MCP_CALL_TIMEOUT_SECONDS = parse_seconds("MCP_CALL_TIMEOUT_SECONDS", os.environ.get("MCP_CALL_TIMEOUT_SECONDS", ""), 60)
+
+# -- rooms -------------------------------------------------------------------------------------
+# The most finished messages a room keeps; each finished answer removes the oldest beyond it.
+# 0 (the default): no limit.
+ROOM_MAX_MESSAGES = env_int("ROOM_MAX_MESSAGES", 0)
 
 # -- streams -----------------------------------------------------------------------------------
 STREAM_FLUSH_CHUNKS = env_int("STREAM_FLUSH_CHUNKS", 10)
@@ -194,6 +223,7 @@ LOGGING = {
     "loggers": {
         "LiteLLM": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},  # the MCP SDK's HTTP client: a line per request otherwise
         "daphne": {"level": "WARNING"},
     },
 }

@@ -119,6 +119,11 @@ class StreamRecorder:
 
     async def close(self) -> None:
         """Store everything still buffered; raises if storing failed."""
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Store everything buffered now, without waiting for the count or the timer; raises if
+        storing failed. A stream about to wait for a person calls it, so that a replay shows why."""
         self._cancel_timer()
         while not self._failure and (self._flushing is not None or self._pending):
             if self._flushing is None:

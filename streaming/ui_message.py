@@ -8,7 +8,9 @@ UNFINISHED_TOOL_ERRORS = {
     "input-streaming": "The answer stopped before the tool call was complete.",
     "input-available": "The tool did not run: the answer stopped first.",
     "approval-requested": "The tool did not run: the answer stopped before it was approved.",
+    "approval-responded": "The tool did not finish: the answer stopped first.",
 }
+STOPPED_WHILE_RUNNING = "The tool did not finish: the answer stopped first."
 
 
 class UIMessageBuilder:
@@ -53,14 +55,27 @@ class UIMessageBuilder:
             part = self._tool(chunk)
             part.update(state="input-available", input=chunk.get("input"))
         elif kind == "tool-approval-request":
-            self._tool(chunk)["state"] = "approval-requested"
+            part = self._tool(chunk)
+            part.update(state="approval-requested", approval={"id": chunk.get("approvalId", "")})
+        elif kind == "tool-approval-response":
+            part = next((p for p in self._tools.values() if p.get("approval", {}).get("id") == chunk.get("approvalId")),
+                        None)
+            if part is not None:
+                part.update(state="approval-responded",
+                            approval={"id": chunk.get("approvalId"), "approved": bool(chunk.get("approved"))})
         elif kind == "tool-output-available":
             part = self._tool(chunk)
             part.update(state="output-available", output=chunk.get("output"))
             part.pop("errorText", None)
+            if chunk.get("preliminary"):
+                part["preliminary"] = True
+            else:
+                part.pop("preliminary", None)
         elif kind == "tool-output-error":
             part = self._tool(chunk)
             part.update(state="output-error", errorText=chunk.get("errorText", ""))
+            part.pop("output", None)
+            part.pop("preliminary", None)
         elif kind == "tool-output-denied":
             self._tool(chunk)["state"] = "output-denied"
         elif kind.startswith("data-"):
@@ -98,14 +113,24 @@ class UIMessageBuilder:
             part["id"] = data_id
         self.parts.append(part)
 
+    def unfinished_tool_calls(self) -> list[tuple[str, str]]:
+        """(toolCallId, why) of each tool call the stream has not finished (a preliminary output is
+        not an end)."""
+        return [
+            (call_id, UNFINISHED_TOOL_ERRORS.get(part["state"], STOPPED_WHILE_RUNNING))
+            for call_id, part in self._tools.items()
+            if part["state"] in UNFINISHED_TOOL_ERRORS or part.get("preliminary")
+        ]
+
     def final_parts(self) -> list[dict[str, Any]]:
         """The parts to store: tool calls the stream left unfinished end as errors, never pending."""
-        for call_id, part in self._tools.items():
-            if part["state"] in UNFINISHED_TOOL_ERRORS:
-                if part["state"] == "input-streaming":
-                    part["input"] = _parse_json_or_text(self._tool_input_text.get(call_id, ""))
-                part["errorText"] = UNFINISHED_TOOL_ERRORS[part["state"]]
-                part["state"] = "output-error"
+        for call_id, why in self.unfinished_tool_calls():
+            part = self._tools[call_id]
+            if part["state"] == "input-streaming":
+                part["input"] = _parse_json_or_text(self._tool_input_text.get(call_id, ""))
+            part.pop("preliminary", None)
+            part.pop("output", None)
+            part.update(state="output-error", errorText=why)
         return self.parts
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from channels.db import database_sync_to_async
 
+from chatrooms import tools
 from chatrooms.models import Message
 from chatrooms.scripted_model_server import ScriptedReply
 from streaming.models import StreamChunk
@@ -80,3 +81,46 @@ async def check_against_ai_sdk(done: dict) -> None:
     assert [e.split(": ", 1)[-1] for e in result["errors"]] == expected_errors
     assert result["message"]["id"] == str(stored.pk)
     assert comparable(result["message"]["parts"]) == stored.parts
+
+
+@pytest.fixture
+def progress_tool():
+    """A server tool with preliminary results and data parts, through the public registry."""
+    before = dict(tools.REGISTRY)
+
+    @tools.tool("Work in stages.")
+    async def staged(context: tools.ToolContext):
+        context.data("status", {"stage": 1}, id="s")
+        yield {"stage": 1}
+        context.data("status", {"stage": 2}, id="s")
+        context.data("log", "appended")
+        context.data("ping", "live only", transient=True)
+        yield {"stage": 2, "done": True}
+
+    yield
+    tools.REGISTRY.clear()
+    tools.REGISTRY.update(before)
+
+
+@pytest.mark.parametrize("answer", ["approve", "deny", "client-result", "cancel-while-waiting", "preliminary"])
+async def test_the_ai_sdk_reads_streams_that_wait_for_a_person(scripted_model, connect, progress_tool, answer):
+    user = await database_sync_to_async(make_user)()
+    client = await connect(user)
+    await joined_room(client)
+    call = {"client-result": ("get_local_time", "{}"), "cancel-while-waiting": ("get_local_time", "{}"),
+            "preliminary": ("staged", "{}")}.get(answer, ("rename_room", '{"name": "New"}'))
+    scripted_model.enqueue(ScriptedReply(tool_calls=[call]), ScriptedReply(tokens=["After."]))
+    await client.send({"type": "chat.send", "requestId": "q", "text": "go"})
+    if answer != "preliminary":
+        frames = await client.receive_until("message.updated")
+        call_id = next(f["chunk"]["toolCallId"] for f in frames
+                       if f["type"] == "stream.chunk" and f["chunk"]["type"] == "tool-input-available")
+        if answer in ("approve", "deny"):
+            await client.send({"type": "tool.approval", "requestId": "q", "toolCallId": call_id,
+                               "approved": answer == "approve"})
+        elif answer == "client-result":
+            await client.send({"type": "tool.result", "requestId": "q", "toolCallId": call_id, "output": {"ok": 1}})
+        else:
+            await client.send({"type": "chat.cancel", "requestId": "q"})
+    done = (await client.receive_until("stream.done"))[-1]
+    await check_against_ai_sdk(done)

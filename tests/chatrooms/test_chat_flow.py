@@ -43,7 +43,11 @@ async def test_send_streams_an_answer_that_is_stored(scripted_model, connect):
     done = frames[-1]
     assert done["status"] == "complete" and done["streamId"] == start["streamId"]
     assert done["message"]["content"] == text_of(frames) == "Hello, world!"
-    assert done["message"]["parts"] == [{"type": "step-start"}, {"type": "text", "text": "Hello, world!"}]
+    assert done["message"]["parts"] == [
+        {"type": "step-start"}, {"type": "text", "text": "Hello, world!"},
+        {"type": "data-usage", "id": "usage",
+         "data": {"model": "openai/scripted", "inputTokens": 10, "outputTokens": 4, "totalTokens": 14}},
+    ]
 
     stored = await database_sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
     assert stored.status == "complete" and stored.content == "Hello, world!"

@@ -120,3 +120,27 @@ def test_importing_and_configuring_litellm_makes_no_network_call():
     result = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,
                             timeout=120, check=True)
     assert result.stdout.strip().splitlines()[-1] == "attempts: []"
+
+
+async def test_offline_model_asks_to_rename_the_room_and_reads_the_browsers_time(offline, connect):
+    client = await connect(await database_sync_to_async(make_user)())
+    room_id = await joined_room(client)
+    await client.send({"type": "chat.send", "requestId": "q", "text": "Please rename this room to Trip to Lyon"})
+    frames = await client.receive_until("message.updated")
+    request = next(f["chunk"] for f in frames if f["type"] == "stream.chunk"
+                   and f["chunk"]["type"] == "tool-approval-request")
+    await client.send({"type": "tool.approval", "requestId": "q", "toolCallId": request["toolCallId"], "approved": True})
+    done = (await client.receive_until("stream.done"))[-1]
+    assert done["message"]["content"] == "Done: this room is now called **Trip to Lyon**."
+    assert (await client.receive_until("rooms"))[-1]["rooms"][0]["name"] == "Trip to Lyon"
+    usage = next(p for p in done["message"]["parts"] if p["type"] == "data-usage")
+    assert usage["data"]["model"] == "local/demo" and usage["data"]["totalTokens"] > 0
+
+    await client.send({"type": "chat.send", "roomId": room_id, "requestId": "q2", "text": "What's my local time?"})
+    frames = await client.receive_until("message.updated")
+    call = next(f["chunk"] for f in frames if f["type"] == "stream.chunk" and f["chunk"]["type"] == "tool-input-available")
+    assert call["toolName"] == "get_local_time"
+    await client.send({"type": "tool.result", "requestId": "q2", "toolCallId": call["toolCallId"],
+                       "output": {"localTime": "2026-11-26T22:00:00+01:00", "timeZone": "Europe/Paris"}})
+    done = (await client.receive_until("stream.done"))[-1]
+    assert done["message"]["content"] == "Your browser says it is **2026-11-26T22:00:00+01:00** (Europe/Paris)."
