@@ -20,7 +20,8 @@ from django.conf import settings
 from streaming.recorder import StreamRecorder, StreamStorageError, stream_still_wanted
 from streaming.ui_message import UIMessageBuilder
 
-from . import events, recovery, selectors, services, tools
+from . import events, recovery, selectors, services, titles, tools
+from .attachments import files_of, text_with_attachments
 from .catalog import BUILTIN_MODEL, model_for_room
 from .context import fit_messages_to_budget, litellm_token_counter
 from .models import Message, PendingToolCall
@@ -68,6 +69,18 @@ def warm_up_in_background() -> None:
     threading.Thread(target=get_litellm, name="litellm-import", daemon=True).start()
 
 
+def provider_options(model: str) -> dict[str, Any]:
+    """Where and how to reach a model: LLM_API_BASE and LLM_API_KEY for every model but the built-in one."""
+    if model == BUILTIN_MODEL:
+        return {}
+    options: dict[str, Any] = {"max_retries": 0}
+    if settings.LLM_API_BASE:
+        options["api_base"] = settings.LLM_API_BASE
+    if settings.LLM_API_KEY or settings.LLM_API_BASE:
+        options["api_key"] = settings.LLM_API_KEY or "no-key"
+    return options
+
+
 class ModelFailure(Exception):
     """The model call failed; the message says why, in words a user can act on."""
 
@@ -86,7 +99,8 @@ def history_messages(history: list[Message], system_prompt: str) -> list[dict[st
     messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
     for message in history:
         if message.role == Message.Role.USER:
-            messages.append({"role": "user", "content": message.content})
+            # Attached files go with the text they came with, each in a delimited block.
+            messages.append({"role": "user", "content": text_with_attachments(message.content, files_of(message))})
         else:
             messages.extend(_assistant_turns(message.parts))
     return messages
@@ -364,6 +378,8 @@ class ReplyRun:
                 helper.cancel()
         try:
             await self._finish(status, error_text)
+            if status == "complete" and self.start.title_wanted:
+                titles.title_room_soon(room_id=self.start.room_id, model=model_for_room(self.start.model))
         except Exception:
             # The stream keeps its last heartbeat: the stale sweep finishes it as interrupted.
             logger.exception("stream %s could not be finished; the stale sweep will", self.start.stream_id)
@@ -470,13 +486,7 @@ class ReplyRun:
         }
         if self.toolset:
             arguments["tools"] = [spec.openai_schema() for spec in self.toolset.values()]
-        if model != BUILTIN_MODEL:
-            arguments["max_retries"] = 0
-            if settings.LLM_API_BASE:
-                arguments["api_base"] = settings.LLM_API_BASE
-            if settings.LLM_API_KEY or settings.LLM_API_BASE:
-                arguments["api_key"] = settings.LLM_API_KEY or "no-key"
-        return arguments
+        return {**arguments, **provider_options(model)}
 
     async def _model_step(self, messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str, str]:
         """One call to the model: (tool calls, finish reason, text)."""

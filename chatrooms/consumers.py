@@ -13,7 +13,7 @@ from django.conf import settings
 
 from streaming.replay import chunks_after
 
-from . import assistant, events, recovery, selectors, services
+from . import assistant, events, limits, recovery, selectors, services
 from .catalog import model_choices
 from .models import PendingToolCall
 from .protocol import (
@@ -29,6 +29,8 @@ from .protocol import (
 )
 from .selectors import RoomNotFound
 from .services import ActionRefused
+from .limits import LimitReached
+from .session_guard import SessionGuard
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=4401)  # before accept: the handshake is refused with 403
             return
+        self.session = SessionGuard(user_id=self.user.pk,
+                                    session_key=getattr(self.scope.get("session"), "session_key", None))
+        try:
+            self.socket_counted = await limits.asocket_open(user_id=self.user.pk)
+        except LimitReached:
+            # Accepted, then closed before any data frame: the client can read why from the close code.
+            await self.accept()
+            await self.close(code=limits.TOO_MANY_SOCKETS_CLOSE_CODE)
+            return
         self.active_room: str | None = None
         self.streams: dict[str, StreamCursor] = {}  # live streams of the active room
         self.known_messages: set[str] = set()  # ids of messages this connection has been sent
@@ -64,6 +75,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._send_rooms()
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "socket_counted", False):
+            self.socket_counted = False  # released once, whatever else fails below
+            await limits.asocket_closed(user_id=self.user.pk)
         if getattr(self, "_watchdog", None) is not None:
             self._watchdog.cancel()
         if getattr(self, "active_room", None) is not None:
@@ -79,10 +93,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         ref = None
         try:
+            if not await self.session.holds():
+                await self._refuse_ended_session(text_data)
+                return
             frame = parse_frame(text_data, bytes_data)
             ref = frame_ref(frame)
             kind, fields = validate_frame(frame)
+            await limits.acount_frame(user_id=self.user.pk, kind=kind)
             await getattr(self, "on_" + kind.replace(".", "_"))(ref=ref, **fields)
+        except LimitReached as error:
+            retry = {"retryAfter": error.retry_after} if error.retry_after is not None else {}
+            await self.send_json(error_frame(error.code, error.message, ref, **retry))
         except ProtocolError as error:
             await self.send_json(error_frame(error.code, error.message, ref))
         except ActionRefused as error:
@@ -92,6 +113,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception:
             logger.exception("frame from user %s failed", self.user.pk)
             await self.send_json(error_frame("internal", "Something went wrong on the server.", ref))
+
+    async def _refuse_ended_session(self, text_data: str | None) -> None:
+        """The session expired, logged out or lost its user: the frame is refused unread (only its
+        `ref` is echoed) and the socket closes as if it had never logged in."""
+        try:
+            ref = frame_ref(parse_frame(text_data, None))
+        except ProtocolError:
+            ref = None
+        await self.send_json(error_frame("forbidden", "Your session has ended; log in again.", ref))
+        await self.close(code=4401)
+
+    async def session_ended(self, event: dict[str, Any]) -> None:
+        """One of this user's sessions logged out: this socket closes if it was that session's."""
+        if self.session.heard_logout(event["session"]):
+            await self.close(code=4401)
 
     async def on_room_create(self, *, ref: str | None, name: str) -> None:
         room = await database_sync_to_async(services.room_create)(user=self.user, name=name)
@@ -121,6 +157,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await database_sync_to_async(services.room_delete)(user=self.user, room_id=roomId)
         await self.send_json(_with_ref({"type": "ack"}, ref))
 
+    async def on_room_share(self, *, ref: str | None, roomId: str, username: str) -> None:  # noqa: N803
+        await database_sync_to_async(services.room_share)(user=self.user, room_id=roomId, username=username)
+        await self.send_json(_with_ref({"type": "ack"}, ref))
+
+    async def on_room_unshare(self, *, ref: str | None, roomId: str, username: str) -> None:  # noqa: N803
+        await database_sync_to_async(services.room_unshare)(user=self.user, room_id=roomId, username=username)
+        await self.send_json(_with_ref({"type": "ack"}, ref))
+
+    async def on_room_pin(self, *, ref: str | None, roomId: str, pinned: bool) -> None:  # noqa: N803
+        await database_sync_to_async(services.room_pin)(user=self.user, room_id=roomId, pinned=pinned)
+        await self.send_json(_with_ref({"type": "ack"}, ref))
+
+    async def on_room_archive(self, *, ref: str | None, roomId: str, archived: bool) -> None:  # noqa: N803
+        await database_sync_to_async(services.room_archive)(user=self.user, room_id=roomId, archived=archived)
+        await self.send_json(_with_ref({"type": "ack"}, ref))
+
     async def on_room_join(self, *, ref: str | None, roomId: str, since: dict[str, Any] | None = None) -> None:  # noqa: N803
         await self._join(roomId, since, ref)
 
@@ -131,13 +183,21 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def on_chat_send(
         self, *, ref: str | None, requestId: str, text: str, roomId: str | None = None,  # noqa: N803
-        body: dict[str, Any] | None = None,
+        body: dict[str, Any] | None = None, attachments: list[str] | None = None,
     ) -> None:
         room_id = await self._room_to_stream_in(roomId)
         start = await database_sync_to_async(services.chat_send)(
-            user=self.user, room_id=room_id, request_id=requestId, text=text, body=body
+            user=self.user, room_id=room_id, request_id=requestId, text=text, body=body, attachment_ids=attachments
         )
         assistant.start_reply(start)
+
+    async def on_message_feedback(
+        self, *, ref: str | None, messageId: str, rating: str | None = None, comment: str | None = None,  # noqa: N803
+    ) -> None:
+        await database_sync_to_async(services.message_feedback_set)(
+            user=self.user, message_id=messageId, rating=rating, comment=comment or ""
+        )
+        await self.send_json(_with_ref({"type": "ack"}, ref))
 
     async def on_chat_regenerate(
         self, *, ref: str | None, requestId: str, roomId: str | None = None, body: dict[str, Any] | None = None,  # noqa: N803
@@ -245,6 +305,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def rooms_changed(self, event: dict[str, Any]) -> None:
         await self._send_rooms()
 
+    async def message_feedback(self, event: dict[str, Any]) -> None:
+        """This user's feedback changed (on any connection of theirs): every connection hears of it."""
+        await self.send_json(event["frame"])
+
     async def _send_rooms(self) -> None:
         rooms = await database_sync_to_async(selectors.room_list_for_user)(user=self.user)
         await self.send_json({"type": "rooms", "rooms": rooms})
@@ -262,6 +326,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if frame["streamId"] in self.streams or frame["messageId"] in self.known_messages:
                 return  # this connection's join already saw the stream
             self._track(frame["streamId"], frame["requestId"], frame["messageId"], 0)
+        elif kind == "message.removed":
+            # Staff may show a hidden message again: its message.created must then pass the check above.
+            self.known_messages.discard(frame["messageId"])
         elif kind == "stream.done":
             cursor = self.streams.get(frame["streamId"])
             if cursor is not None:
@@ -280,6 +347,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         else:
             self.streams.clear()
         await self.send_json(event["frame"])
+
+    async def room_access_lost(self, event: dict[str, Any]) -> None:
+        """This user was removed from a room: it goes as if deleted. Events are handled one at a time, so
+        a stream of that room being sent is not cut mid-batch; after this, none of its frames pass."""
+        if event["roomId"] == self.active_room:
+            await self._leave()
+        await self.send_json({"type": "room.deleted", "roomId": event["roomId"]})
 
     async def stream_chunks(self, event: dict[str, Any]) -> None:
         if event["roomId"] != self.active_room:

@@ -47,5 +47,11 @@ def room_gone_after_commit(room_id: int, user_ids: Iterable[int], frame: dict[st
     rooms_changed_after_commit(user_ids)
 
 
+def member_removed_after_commit(room_id: int, user_id: int) -> None:
+    """A user removed from a room: each of their connections drops it as if it had been deleted. To the
+    user's group, not the room's: connections that never joined the room must hear of it too."""
+    send_after_commit(user_group(user_id), {"type": "room.access.lost", "roomId": str(room_id)})
+
+
 def stream_cancel_after_commit(stream_id: str) -> None:
     send_after_commit(stream_control_group(stream_id), {"type": "stream.cancel", "streamId": stream_id})

@@ -8,6 +8,11 @@ from typing import Any
 
 from .catalog import model_for_room
 from .models import MESSAGE_TEXT_MAX_LENGTH, ROOM_NAME_MAX_LENGTH, SYSTEM_PROMPT_MAX_LENGTH, Message, Room
+from .attachments import ATTACHMENTS_PER_MESSAGE
+from .models import FEEDBACK_COMMENT_MAX_LENGTH, MessageFeedback
+
+# MessageFeedback.rating (1, -1) as the protocol names it.
+FEEDBACK_RATING_NAMES = {MessageFeedback.Rating.UP: "up", MessageFeedback.Rating.DOWN: "down"}
 
 PROTOCOL_VERSION = 1
 FRAME_MAX_BYTES = 64 * 1024
@@ -16,6 +21,7 @@ REQUEST_ID_MAX_LENGTH = 64
 TOOL_CALL_ID_MAX_LENGTH = 200  # models choose these ids, and some choose long ones
 BODY_MAX_BYTES = 16 * 1024
 ID_MAX_LENGTH = 64
+USERNAME_MAX_LENGTH = 150  # Django's User.username
 
 
 class ProtocolError(Exception):
@@ -49,6 +55,10 @@ def _body() -> Field:
     return Field(dict, required=False, max_bytes=BODY_MAX_BYTES)
 
 
+def _username() -> Field:
+    return Field(str, min_length=1, max_length=USERNAME_MAX_LENGTH, strip=True)
+
+
 def _tool_call_id() -> Field:
     return Field(str, min_length=1, max_length=TOOL_CALL_ID_MAX_LENGTH)
 
@@ -65,11 +75,16 @@ FRAME_FIELDS: dict[str, dict[str, Field]] = {
     "room.delete": {"roomId": _id()},
     "room.join": {"roomId": _id(), "since": Field(dict, required=False)},
     "room.leave": {"roomId": _id()},
+    "room.share": {"roomId": _id(), "username": _username()},
+    "room.unshare": {"roomId": _id(), "username": _username()},
+    "room.pin": {"roomId": _id(), "pinned": Field(bool)},
+    "room.archive": {"roomId": _id(), "archived": Field(bool)},
     "chat.send": {
         "requestId": _request_id(),
         "text": Field(str, min_length=1, max_length=MESSAGE_TEXT_MAX_LENGTH),
         "roomId": _id(required=False),
         "body": _body(),
+        "attachments": Field(list, required=False),  # ids from the upload view; see _validate_attachment_ids
     },
     "chat.regenerate": {"requestId": _request_id(), "roomId": _id(required=False), "body": _body()},
     "chat.edit": {
@@ -81,9 +96,15 @@ FRAME_FIELDS: dict[str, dict[str, Field]] = {
     "chat.cancel": {"requestId": _request_id()},
     "tool.result": {"requestId": _request_id(), "toolCallId": _tool_call_id(), "output": Field(object)},
     "tool.approval": {"requestId": _request_id(), "toolCallId": _tool_call_id(), "approved": Field(bool)},
+    # `rating` may be null (remove the feedback) but not absent: see _validate_feedback_rating.
+    "message.feedback": {
+        "messageId": _id(),
+        "rating": Field(str, required=False, max_length=8),
+        "comment": Field(str, required=False, max_length=FEEDBACK_COMMENT_MAX_LENGTH),
+    },
 }
 
-KIND_NAMES = {str: "a string", dict: "an object", bool: "a boolean", int: "an integer"}
+KIND_NAMES = {str: "a string", dict: "an object", bool: "a boolean", int: "an integer", list: "a list"}
 
 
 def parse_frame(text: str | None, binary: bytes | None) -> dict[str, Any]:
@@ -142,6 +163,10 @@ def validate_frame(frame: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         cleaned[name] = value
     if kind == "room.join" and "since" in cleaned:
         cleaned["since"] = _validate_since(cleaned["since"])
+    if kind == "chat.send" and "attachments" in cleaned:
+        cleaned["attachments"] = _validate_attachment_ids(cleaned["attachments"])
+    if kind == "message.feedback":
+        _validate_feedback_rating(frame)
     return kind, cleaned
 
 
@@ -154,11 +179,33 @@ def _validate_since(since: dict[str, Any]) -> dict[str, Any]:
     return {"streamId": stream_id, "index": index}
 
 
+def _validate_attachment_ids(ids: list[Any]) -> list[str]:
+    if len(ids) > ATTACHMENTS_PER_MESSAGE:
+        raise ProtocolError("bad_request", f"`attachments` may hold at most {ATTACHMENTS_PER_MESSAGE} ids.")
+    if not all(isinstance(i, str) and 1 <= len(i) <= ID_MAX_LENGTH for i in ids):
+        raise ProtocolError("bad_request", "`attachments` must be a list of attachment id strings.")
+    if len(set(ids)) != len(ids):
+        raise ProtocolError("bad_request", "`attachments` names the same attachment twice.")
+    return ids
+
+
+def _validate_feedback_rating(frame: dict[str, Any]) -> None:
+    if "rating" not in frame or frame["rating"] not in (*FEEDBACK_RATING_NAMES.values(), None):
+        raise ProtocolError("bad_request", '`rating` must be "up", "down" or null (to remove your feedback).')
+
+
 # -- serialising -------------------------------------------------------------------------------
 
 
 def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
+
+
+def feedback_to_dict(rating: int | None, comment: str | None) -> dict[str, str] | None:
+    """A user's own feedback on a message as the protocol has it: `{rating: "up"|"down", comment}`, or None."""
+    if rating is None:
+        return None
+    return {"rating": FEEDBACK_RATING_NAMES.get(rating, "up"), "comment": comment or ""}
 
 
 def message_to_dict(message: Message) -> dict[str, Any]:
@@ -197,7 +244,8 @@ def transient_frame_text(*, room_id: str, request_id: str, stream_id: str, body:
 
 
 def room_to_dict(room: Room) -> dict[str, Any]:
-    """A room annotated by the selectors with `message_count` and `is_streaming`."""
+    """A room annotated by the selectors with `message_count`, `is_streaming` and, for the user the dict
+    is for, `pinned_by_viewer` and `archived_by_viewer` (a room read without a viewer is neither)."""
     return {
         "id": str(room.pk),
         "name": room.name,
@@ -208,4 +256,8 @@ def room_to_dict(room: Room) -> dict[str, Any]:
         "lastActiveAt": iso(room.last_active_at),
         "streaming": room.is_streaming,
         "owner": room.owner.username,
+        "members": sorted(member.username for member in room.members.all()),
+        "pinned": getattr(room, "pinned_by_viewer", False),
+        "archived": getattr(room, "archived_by_viewer", False),
+        "locked": room.locked_at is not None,  # by staff: read-only for everyone
     }

@@ -245,12 +245,12 @@ async def run_tool(spec: Tool, arguments: dict[str, Any], context: ToolContext) 
     if spec.context_parameter:
         call_arguments[spec.context_parameter] = context
     if inspect.isasyncgenfunction(spec.execute):
+        # Each value is shown as soon as it is yielded; the last one, once the tool ends, is final.
         last: Any = None
         async for progress in spec.execute(**call_arguments):
-            if last is not None:
-                yield cap_output(last[0]), False
-            last = (progress,)
-        yield cap_output(last[0] if last else None), True
+            last = cap_output(progress)
+            yield last, False
+        yield last, True
         return
     if inspect.iscoroutinefunction(spec.execute):
         output = await spec.execute(**call_arguments)

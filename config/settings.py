@@ -6,6 +6,7 @@ from pathlib import Path
 import dj_database_url
 
 from config.mcp_config import parse_mcp_servers, parse_seconds
+from config.security import proxy_ssl_header, secret_key_from_environment, served_locally
 
 # litellm fetches a model price list from the internet at import unless this is set first.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -36,14 +37,41 @@ def env_list(name: str, default: list[str]) -> list[str]:
 # DANGEROUS: DJANGO_DEBUG=true shows tracebacks and settings to anyone who can reach the server.
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
-# DANGEROUS: the secret signs sessions. Without DJANGO_SECRET_KEY a throwaway key is used, which
-# only a development machine or the test suite may use.
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
-if not SECRET_KEY:
-    SECRET_KEY = "insecure-development-key-set-DJANGO_SECRET_KEY-in-production"
-
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+# Only loopback host names (the default): nobody but this machine can use the server, over plain http.
+SERVED_LOCALLY = served_locally(ALLOWED_HOSTS)
+
+# DANGEROUS: the secret signs sessions, CSRF tokens and password-reset links. Required on a server
+# others can reach (startup fails without it); a laptop (only loopback hosts, or DEBUG on) without it
+# gets a random key of its own, made once in $CHATROOMS_VAR_DIR/secret_key (config/security.py).
+SECRET_KEY = secret_key_from_environment(value=os.environ.get("DJANGO_SECRET_KEY", "").strip(), debug=DEBUG,
+                                         allowed_hosts=ALLOWED_HOSTS, var_dir=VAR_DIR)
+
+# -- HTTPS -------------------------------------------------------------------------------------
+# Served over HTTPS (directly or behind a proxy that terminates TLS): session and CSRF cookies go
+# over HTTPS only. On by default, except on a laptop (SERVED_LOCALLY or DEBUG). DANGEROUS: false on
+# a server others reach over the network sends the session cookie in clear text; only for a
+# deployment that really is plain http (a private network).
+HTTPS = env_bool("DJANGO_HTTPS", not (DEBUG or SERVED_LOCALLY))
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+# Redirect plain http to https. Off by default: a proxy usually does it, and behind a proxy Django
+# sees https only with DJANGO_SECURE_PROXY_SSL_HEADER (without it, every request would redirect).
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", False)
+# DANGEROUS: `X-Forwarded-Proto: https` makes Django trust that header for "this request came over
+# HTTPS". Set it only behind a proxy that always sets (or strips) that header itself.
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header(os.environ.get("DJANGO_SECURE_PROXY_SSL_HEADER", ""))
+# HTTP Strict Transport Security. DANGEROUS when wrong: browsers then refuse plain http for this long
+# (0, the default: no HSTS header). Subdomains and preload extend it; both are hard to take back.
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+# Headers on every response: no framing by other sites, no content sniffing, no full-URL referrers.
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SESSION_COOKIE_HTTPONLY = True
 
 INSTALLED_APPS = [
     "daphne",
@@ -205,6 +233,20 @@ MCP_CALL_TIMEOUT_SECONDS = parse_seconds("MCP_CALL_TIMEOUT_SECONDS", os.environ.
 # The most finished messages a room keeps; each finished answer removes the oldest beyond it.
 # 0 (the default): no limit.
 ROOM_MAX_MESSAGES = env_int("ROOM_MAX_MESSAGES", 0)
+# The largest room export file (JSON) a user may import as a new room.
+IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 5 * 1024 * 1024)
+# The largest text file a user may attach to a message (its whole text goes to the model).
+ATTACHMENT_MAX_BYTES = env_int("ATTACHMENT_MAX_BYTES", 256 * 1024)
+
+# -- limits per user (chatrooms/limits.py); 0 turns one off ------------------------------------
+# Counters live in the cache: with REDIS_URL they hold across workers; without it, per process.
+RATE_CHAT_PER_MINUTE = env_int("RATE_CHAT_PER_MINUTE", 30)  # chat.send, chat.regenerate, chat.edit
+STREAMS_PER_USER = env_int("STREAMS_PER_USER", 3)  # answers streaming at once, across rooms
+ROOMS_PER_HOUR = env_int("ROOMS_PER_HOUR", 30)  # room.create and the page's form
+SOCKETS_PER_USER = env_int("SOCKETS_PER_USER", 20)  # open WebSockets; more are closed with 4429
+# An open socket re-reads its session at most this often, on a frame: a session that expired or a
+# user who was deactivated is refused then. A logout closes the session's sockets at once.
+SESSION_RECHECK_SECONDS = env_int("SESSION_RECHECK_SECONDS", 30)
 
 # -- streams -----------------------------------------------------------------------------------
 STREAM_FLUSH_CHUNKS = env_int("STREAM_FLUSH_CHUNKS", 10)

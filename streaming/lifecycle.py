@@ -27,6 +27,14 @@ def stream_request_cancel(*, stream_id: uuid.UUID) -> bool:
     )
 
 
+def streams_request_cancel(*, stream_ids: list[uuid.UUID | str]) -> list[str]:
+    """Flag the live ones among these streams for cancellation, in two queries however many; their ids."""
+    live = [str(pk) for pk in Stream.objects.filter(pk__in=stream_ids, status=Stream.Status.STREAMING)
+            .values_list("pk", flat=True)]
+    Stream.objects.filter(pk__in=live, status=Stream.Status.STREAMING).update(cancel_requested=True)
+    return live
+
+
 def stream_finish(*, stream_id: uuid.UUID, status: str, if_stale_before: datetime | None = None) -> bool:
     """Move a live stream to a final status. Exactly one caller wins; the others get False.
     With `if_stale_before`, only while its heartbeat is still older than that: a worker that beat

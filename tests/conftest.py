@@ -68,6 +68,15 @@ def fresh_channel_layer() -> None:
     channel_layers.backends.clear()
 
 
+@pytest.fixture(autouse=True)
+def fresh_limit_counters() -> None:
+    """The per-user limits count in the cache, which outlives a test (and user ids repeat after a
+    flush): every test starts from zero."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 async def replies_settled() -> None:
     """After the test, let replies that are still running end, so none leaks into the next test."""

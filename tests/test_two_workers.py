@@ -125,3 +125,44 @@ async def test_join_cancel_and_recovery_across_two_workers(model_server, redis_u
     finally:
         worker_a.stop(signal.SIGKILL)
         worker_b.stop()
+
+
+async def test_a_tool_approval_sent_to_another_worker_reaches_the_stream_and_both_are_healthy(model_server, redis_url):
+    import urllib.request
+
+    model_server.reset()
+    await database_sync_to_async(make_user)("sam", "a-long-enough-password")
+    env = worker_env(model_server, redis_url)
+    worker_a, worker_b = DaphneWorker(env).start(), DaphneWorker(env).start()
+    try:
+        for worker in (worker_a, worker_b):
+            with urllib.request.urlopen(f"{worker.http_url}/healthz", timeout=10) as response:
+                health = json.loads(response.read())
+            assert response.status == 200 and health["database"].startswith("ok")
+            assert health["channelLayer"].startswith("ok")
+
+        on_a, on_b = await open_socket(worker_a), await open_socket(worker_b)
+        await on_a.send(json.dumps({"type": "room.create", "name": "Across"}))
+        room_id = (await frames_until(on_a, "room.created"))[-1]["room"]["id"]
+        await on_a.send(json.dumps({"type": "room.join", "roomId": room_id}))
+        await frames_until(on_a, "messages")
+        model_server.enqueue(ScriptedReply(tool_calls=[("rename_room", '{"name": "Renamed across"}')]),
+                             ScriptedReply(tokens=["Renamed."]))
+        await on_a.send(json.dumps({"type": "chat.send", "requestId": "r1", "text": "rename it"}))
+        frames = await frames_until(on_a, "message.updated")
+        call_id = next(f["chunk"]["toolCallId"] for f in frames
+                       if f["type"] == "stream.chunk" and f["chunk"]["type"] == "tool-approval-request")
+        # Worker B takes the approval; the stream runs on worker A.
+        await on_b.send(json.dumps({"type": "tool.approval", "requestId": "r1", "toolCallId": call_id,
+                                    "approved": True, "ref": "a"}))
+        assert (await frames_until(on_b, "ack"))[-1]["ref"] == "a"
+        done = (await frames_until(on_a, "stream.done"))[-1]
+        assert done["status"] == "complete" and done["message"]["content"] == "Renamed."
+        rooms = (await frames_until(on_b, "rooms"))[-1]["rooms"]
+        while rooms[0]["name"] != "Renamed across":
+            rooms = (await frames_until(on_b, "rooms"))[-1]["rooms"]
+        await on_a.close()
+        await on_b.close()
+    finally:
+        worker_a.stop()
+        worker_b.stop()

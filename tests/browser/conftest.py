@@ -113,7 +113,8 @@ def live_server_url(request: pytest.FixtureRequest, worker: DaphneWorker) -> str
 def open_page(request: pytest.FixtureRequest, browser: Browser, live_server_url: str) -> Iterator[Callable[[], Page]]:
     """open_page() -> a Page in a new browser context (its own cookies: one more signed-in person).
 
-    Pages have base_url=live_server_url (page.goto("/") works) and a 1280x800 viewport. After a failed
+    Pages have base_url=live_server_url (page.goto("/") works) and a 1280x800 viewport; keyword
+    arguments go to `browser.new_context` (e.g. open_page(timezone_id="Asia/Tehran")). After a failed
     test, each page's screenshot goes to test-artifacts/<test name>.png (then -2.png, ...) and its
     JavaScript errors are printed.
     """
@@ -121,8 +122,8 @@ def open_page(request: pytest.FixtureRequest, browser: Browser, live_server_url:
         pytest.fail("browser tests must be plain `def` functions: Playwright's sync API runs its own event loop")
     opened: list[tuple[Page, list[str]]] = []
 
-    def open_one() -> Page:
-        context = browser.new_context(base_url=live_server_url, viewport=VIEWPORT)
+    def open_one(**context_options: Any) -> Page:
+        context = browser.new_context(base_url=live_server_url, viewport=VIEWPORT, **context_options)
         context.set_default_timeout(TIMEOUT_MS)
         page = context.new_page()
         errors: list[str] = []

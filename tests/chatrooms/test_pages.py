@@ -97,7 +97,6 @@ def test_room_forms_work_with_htmx_and_without(client, alice):
 
 
 @pytest.mark.parametrize("url_name, data, error", [
-    ("new", {"name": "   "}, "Room name"),
     ("new", {"name": "x" * 101}, "at most 100"),
     ("configure", {"model": "nope", "system_prompt": ""}, "Select a valid choice"),
     ("configure", {"model": "local/demo", "system_prompt": "x" * 8001}, "at most 8000"),

@@ -13,15 +13,20 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.mark.parametrize("rooms", [1, 15])
-def test_the_room_list_is_one_query(django_assert_num_queries, rooms):
+def test_the_room_list_is_two_queries(django_assert_num_queries, settings, rooms):
+    settings.STREAMS_PER_USER = 0  # this test keeps 15 answers live at once; the limit is tested elsewhere
     owner, member = make_user("o"), make_user("m")
     for i in range(rooms):
         room = make_room(owner, f"r{i}")
         add_member(room, member)
         services.chat_send(user=owner, room_id=room.pk, request_id=f"q{i}", text="hi")
-    with django_assert_num_queries(1):
+        services.room_pin(user=member, room_id=room.pk, pinned=i % 2 == 0)
+    # The rooms with their counts and the user's pins and archives; then every room's members, prefetched.
+    with django_assert_num_queries(2):
         listed = selectors.room_list_for_user(user=member)
     assert len(listed) == rooms and all(r["streaming"] and r["messageCount"] == 1 for r in listed)
+    assert all(r["members"] == ["m"] and r["archived"] is False for r in listed)
+    assert sorted(r["name"] for r in listed if r["pinned"]) == sorted(f"r{i}" for i in range(0, rooms, 2))
 
 
 @pytest.mark.parametrize("chunks", [1, 50])

@@ -300,7 +300,7 @@ async def test_a_generator_tool_streams_preliminary_results_and_its_last_value_i
     await ask(client, room_id, "count")
     frames = await client.receive_until("stream.done")
     outputs = chunks_of(frames, "tool-output-available")
-    assert [(o["output"]["done"], o.get("preliminary")) for o in outputs] == [(1, True), (2, True), (3, None)]
+    assert [(o["output"]["done"], o.get("preliminary")) for o in outputs] == [(1, True), (2, True), (3, True), (3, None)]
     part = tool_part(frames[-1]["message"], "count_slowly")
     assert part["output"] == {"done": 3, "of": 3, "finished": True} and "preliminary" not in part
     tool_result = [m for m in scripted_model.requests[1]["messages"] if m["role"] == "tool"][-1]

@@ -1,0 +1,75 @@
+"""An open socket's login kept honest: its session re-read at most every SESSION_RECHECK_SECONDS, and a
+logout heard at once (the user_logged_out signal reaches the user's sockets through their group)."""
+from __future__ import annotations
+
+import hashlib
+import time
+from importlib import import_module
+from types import SimpleNamespace
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user
+from django.contrib.auth.signals import user_logged_out
+from django.dispatch import receiver
+
+from . import events, limits
+
+
+def session_digest(session_key: str | None) -> str:
+    """How a session is named on the channel layer: a hash, never the key itself, which is a login."""
+    return hashlib.sha256(session_key.encode()).hexdigest() if session_key else ""
+
+
+def session_user_id(*, session_key: str | None) -> int | None:
+    """The user this session logs in now, exactly as the next HTTP request would find it (a fresh
+    read of the session store, then Django's own checks); None if the session expired or was logged
+    out, or its user was deactivated or changed their password."""
+    if not session_key:
+        return None
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key=session_key)
+    user = get_user(SimpleNamespace(session=store))
+    return user.pk if user.is_authenticated else None
+
+
+class SessionGuard:
+    """One socket's view of its session: trusted for SESSION_RECHECK_SECONDS after each check, and
+    ended for good once found invalid or logged out."""
+
+    def __init__(self, *, user_id: int, session_key: str | None) -> None:
+        self.user_id = user_id
+        self.session_key = session_key
+        self.digest = session_digest(session_key)
+        self.checked_at = time.monotonic()  # the handshake's AuthMiddleware has just checked it
+        self.ended = False
+
+    async def holds(self) -> bool:
+        if self.ended:
+            return False
+        now = time.monotonic()
+        if now - self.checked_at < settings.SESSION_RECHECK_SECONDS:
+            return True
+        self.checked_at = now
+        found = await database_sync_to_async(session_user_id)(session_key=self.session_key)
+        self.ended = found != self.user_id
+        if not self.ended:
+            await limits.asocket_touch(user_id=self.user_id)  # still open: keep it counted
+        return not self.ended
+
+    def heard_logout(self, digest: str) -> bool:
+        """A logout of one of this user's sessions: True if it was this socket's (which has ended)."""
+        if digest and digest == self.digest:
+            self.ended = True
+        return self.ended
+
+
+@receiver(user_logged_out, dispatch_uid="chatrooms.session_guard.logout")
+def close_sockets_of_logged_out_session(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    """Tell the user's sockets which session just logged out; those of that session close with 4401.
+    Sent before the session is flushed, so its key is still known here."""
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    if user is None or not session_key:
+        return
+    events.send_after_commit(events.user_group(user.pk), {"type": "session.ended",
+                                                           "session": session_digest(session_key)})

@@ -1,0 +1,117 @@
+"""Deployment settings: `check --deploy` is clean with production settings, a reachable server will not
+start without its own secret key, a laptop needs no environment at all, and every response carries
+the security headers."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config.security import local_secret_key, proxy_ssl_header, secret_key_from_environment
+from tests.servers import ROOT
+
+PRODUCTION = {
+    "DJANGO_DEBUG": "false",
+    "DJANGO_SECRET_KEY": "kq3v-9XbT2r_Lw8PzN4mY7uH1cJ6sD0fG5aE-Qx2Rt9Vb3Nm8Kp4Ls7Wd1Zy6Hj0",
+    "DJANGO_ALLOWED_HOSTS": "chat.example.com",
+    "DJANGO_CSRF_TRUSTED_ORIGINS": "https://chat.example.com",
+    "DJANGO_SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto: https",
+    "DJANGO_SSL_REDIRECT": "true",
+    "DJANGO_HSTS_SECONDS": "31536000",
+    "DJANGO_HSTS_INCLUDE_SUBDOMAINS": "true",
+    "DJANGO_HSTS_PRELOAD": "true",
+}
+
+SHOW_SETTINGS = (
+    "import json, django; django.setup(); from django.conf import settings as s; "
+    "print(json.dumps({'key': s.SECRET_KEY, 'session_secure': s.SESSION_COOKIE_SECURE, "
+    "'csrf_secure': s.CSRF_COOKIE_SECURE, 'hsts': s.SECURE_HSTS_SECONDS, "
+    "'proxy': s.SECURE_PROXY_SSL_HEADER, 'redirect': s.SECURE_SSL_REDIRECT}))"
+)
+
+
+def run_django(args: list[str], env: dict[str, str], var_dir: Path) -> subprocess.CompletedProcess[str]:
+    """A fresh process with only `env` of the deployment settings (none of this run's DJANGO_* ones)."""
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("DJANGO_")}
+    full_env = {**clean, "DJANGO_SETTINGS_MODULE": "config.settings", "CHATROOMS_VAR_DIR": str(var_dir), **env}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def shown_settings(env: dict[str, str], var_dir: Path) -> dict:
+    done = run_django(["-c", SHOW_SETTINGS], env, var_dir)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_check_deploy_is_clean_with_production_settings(tmp_path):
+    done = run_django(["manage.py", "check", "--deploy", "--fail-level", "WARNING"], PRODUCTION, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "System check identified no issues" in done.stdout
+    assert not (tmp_path / "secret_key").exists()  # the environment's key, not one of this machine's
+
+
+def test_production_settings_are_secure(tmp_path):
+    shown = shown_settings(PRODUCTION, tmp_path)
+    assert shown["session_secure"] is True and shown["csrf_secure"] is True and shown["redirect"] is True
+    assert shown["hsts"] == 31536000 and shown["proxy"] == ["HTTP_X_FORWARDED_PROTO", "https"]
+
+
+def test_cookies_are_secure_by_default_on_a_reachable_server_and_can_be_opted_out(tmp_path):
+    reachable = {"DJANGO_SECRET_KEY": PRODUCTION["DJANGO_SECRET_KEY"], "DJANGO_ALLOWED_HOSTS": "chat.example.com"}
+    assert shown_settings(reachable, tmp_path)["session_secure"] is True
+    plain_http = shown_settings({**reachable, "DJANGO_HTTPS": "false"}, tmp_path)
+    assert plain_http["session_secure"] is False and plain_http["csrf_secure"] is False
+    # check --deploy says what that costs.
+    done = run_django(["manage.py", "check", "--deploy"], {**reachable, "DJANGO_HTTPS": "false"}, tmp_path)
+    assert "security.W012" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("debug", ["false", ""])
+def test_a_reachable_server_will_not_start_without_its_secret_key(tmp_path, debug):
+    done = run_django(["manage.py", "check"], {"DJANGO_ALLOWED_HOSTS": "chat.example.com", "DJANGO_DEBUG": debug},
+                      tmp_path)
+    assert done.returncode != 0
+    assert "ImproperlyConfigured: Set DJANGO_SECRET_KEY to a long random value" in done.stderr
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_a_laptop_needs_no_environment_and_keeps_its_own_key(tmp_path):
+    first = shown_settings({}, tmp_path)
+    key_file = tmp_path / "secret_key"
+    assert key_file.read_text() == first["key"] and len(first["key"]) >= 50
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert first["session_secure"] is False and first["hsts"] == 0  # plain http on 127.0.0.1 works
+    assert shown_settings({}, tmp_path)["key"] == first["key"]  # sessions survive a restart
+    done = run_django(["manage.py", "check"], {}, tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_bad_proxy_header_stops_startup(tmp_path):
+    done = run_django(["manage.py", "check"], {**PRODUCTION, "DJANGO_SECURE_PROXY_SSL_HEADER": "https"}, tmp_path)
+    assert done.returncode != 0 and "DJANGO_SECURE_PROXY_SSL_HEADER must look like" in done.stderr
+
+
+def test_the_helpers(tmp_path):
+    assert proxy_ssl_header("") is None
+    assert proxy_ssl_header(" X-Forwarded-Proto :  https ") == ("HTTP_X_FORWARDED_PROTO", "https")
+    key = local_secret_key(tmp_path)
+    assert local_secret_key(tmp_path) == key
+    assert not [path for path in tmp_path.iterdir() if path.name != "secret_key"]  # no drafts left behind
+    assert secret_key_from_environment(value="given", debug=False, allowed_hosts=["x.example"], var_dir=tmp_path) == "given"
+    assert secret_key_from_environment(value="", debug=True, allowed_hosts=["x.example"], var_dir=tmp_path) == key
+
+
+@pytest.mark.django_db
+def test_every_response_carries_the_security_headers(client):
+    response = client.get("/accounts/login/")
+    assert response.status_code == 200
+    assert response["X-Frame-Options"] == "DENY"
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["Referrer-Policy"] == "same-origin"
+    assert response["Cross-Origin-Opener-Policy"] == "same-origin"
