@@ -15,10 +15,7 @@ async def count_in_stages(context: ToolContext):
     context.data("stage", {"stage": "starting"}, id="s1")
     context.data("log", {"line": "begun"})
     context.data("progress", {"text": "counting sheep"}, transient=True)
-    yield {"done": 1, "of": 3}
-    # The server sends a value as progress once the next one comes (only then is it known not to be
-    # the last), so the first stage shows while the generator waits at the second.
-    yield {"done": 2, "of": 3}
+    yield {"done": 1, "of": 3}  # shown at once, as progress
     gate = Path(os.environ[GATE_ENV])
     # The test opens the gate once it has seen the first stage: the page shows progress for as long as
     # it needs to be checked, with no timing to guess. (A file: the test runs in another process.)
@@ -27,4 +24,5 @@ async def count_in_stages(context: ToolContext):
     context.data("stage", {"stage": "finished"}, id="s1")
     context.data("log", {"line": "ended"})
     context.data("notice", {"kind": "info", "text": "Counting is an estimate."}, id="counting")
+    yield {"done": 2, "of": 3}
     yield {"done": 3, "of": 3}
