@@ -31,7 +31,7 @@ from .models import FEEDBACK_COMMENT_MAX_LENGTH
 from .models import Attachment, MessageFeedback
 from .protocol import FEEDBACK_RATING_NAMES, feedback_to_dict
 from .selectors import live_stream_for_room, room_get_for_user, room_viewer_ids, rooms_visible_to
-from .selectors import message_ids_to_prune
+from .selectors import RoomNotFound, message_ids_to_prune
 from . import limits
 from datetime import datetime
 from .tools import ToolDeclarationError, client_tools_from_body, registered_tools
@@ -406,7 +406,10 @@ def messages_prune(
     """Prune every room (or one) by the same rules as `room_prune_messages`: the messages are picked
     in one query, then deleted room by room (a transaction per room, a DELETE per `batch_size`
     messages) and each room's viewers get `message.removed` and `rooms` after its commit. For the
-    people who run the server (manage.py prune_messages): no permission check. `dry_run`: only counts."""
+    people who run the server (manage.py prune_messages): no permission check. `dry_run`: only counts.
+    RoomNotFound for a `room_id` no room has."""
+    if room_id is not None and not Room.objects.filter(pk=room_id).exists():
+        raise RoomNotFound(room_id)
     planned = message_ids_to_prune(older_than=older_than, keep=keep, room_id=room_id)
     if dry_run:
         return PruneResult(rooms=len(planned), messages=sum(len(ids) for ids in planned.values()))

@@ -4,7 +4,7 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from chatrooms.models import Room
+from chatrooms.selectors import RoomNotFound
 from chatrooms.services import PRUNE_BATCH_SIZE, messages_prune
 
 
@@ -35,10 +35,12 @@ class Command(BaseCommand):
             raise CommandError("--keep must be 0 or more.")
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
-        if room is not None and not Room.objects.filter(pk=room).exists():
-            raise CommandError(f"No room has the id {room}.")
         cutoff = timezone.now() - timedelta(days=older_than) if older_than is not None else None
-        result = messages_prune(older_than=cutoff, keep=keep, room_id=room, dry_run=dry_run, batch_size=batch_size)
+        try:
+            result = messages_prune(older_than=cutoff, keep=keep, room_id=room, dry_run=dry_run,
+                                    batch_size=batch_size)
+        except RoomNotFound:
+            raise CommandError(f"No room has the id {room}.") from None
         rules = []
         if cutoff is not None:
             rules.append(f"created before {cutoff:%Y-%m-%d %H:%M} UTC")
