@@ -53,7 +53,7 @@ def _int_param(request: HttpRequest, name: str, default: int | None, low: int, h
     raw = request.GET.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:  # "²" is a digit, not a number
         raise ValueError(f"`{name}` must be a whole number from {low} to {high}.")
     return int(raw)
 

@@ -1,6 +1,7 @@
 """A script's view: log in over HTTP, open the socket with the session cookie, chat, cancel."""
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import urllib.parse
@@ -39,7 +40,7 @@ def log_in(base_url: str, username: str, password: str) -> str:
 async def frames_until(socket, frame_type: str) -> list[dict]:
     frames = []
     while True:
-        frame = json.loads(await socket.recv())
+        frame = json.loads(await asyncio.wait_for(socket.recv(), 60))  # a lost frame fails, never hangs
         frames.append(frame)
         if frame["type"] == frame_type:
             return frames

@@ -96,7 +96,8 @@ def test_a_revoked_token_or_an_inactive_user_reads_nothing(alice):
     assert Client().get("/api/rooms/", **bearer(key)).status_code == 401
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=201", "limit=x", "before=-1", "before=abc"])
+@pytest.mark.parametrize("query", ["limit=0", "limit=201", "limit=x", "before=-1", "before=abc", "limit=²",
+                                   "before=99999999999999999999999"])
 def test_bad_parameters_are_400_with_a_reason(alice, client, query):
     room = make_room(alice, "Notes")
     client.force_login(alice)
