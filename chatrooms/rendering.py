@@ -7,7 +7,11 @@ import nh3
 from markdown_it import MarkdownIt
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
-from pygments.lexers import TextLexer, get_lexer_by_name
+from pygments.lexers import get_lexer_by_name
+# From its own module: `pygments.lexers` makes lexer names on first access, and a worker's first
+# request can reach that while the litellm warm-up thread is importing pygments (seen as an
+# ImportError and a 500 on a cold worker).
+from pygments.lexers.special import TextLexer
 from pygments.util import ClassNotFound
 
 ALLOWED_TAGS = {

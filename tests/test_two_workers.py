@@ -1,6 +1,7 @@
 """Two daphne workers on one database and a real Redis: replay, cancel and recovery cross workers."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -87,14 +88,14 @@ async def test_join_cancel_and_recovery_across_two_workers(model_server, redis_u
         await on_a.send(json.dumps({"type": "chat.send", "requestId": "r1", "text": "go"}))
         seen_on_a = await frames_until(on_a, "stream.chunk")
         while text_of(seen_on_a).count("t") < 5:
-            seen_on_a.append(json.loads(await on_a.recv()))
+            seen_on_a.append(json.loads(await asyncio.wait_for(on_a.recv(), 60)))
         await on_b.send(json.dumps({"type": "room.join", "roomId": room_id}))
         joined = await frames_until(on_b, "stream.replay_complete")
         assert [f["type"] for f in joined if f["type"] != "rooms"][:2] == ["messages", "stream.resuming"]
 
         # 2. Cancel sent to worker B stops the stream that runs on worker A.
         while text_of(joined) != "".join(f"t{i} " for i in range(20)):
-            joined.append(json.loads(await on_b.recv()))
+            joined.append(json.loads(await asyncio.wait_for(on_b.recv(), 60)))
         await on_b.send(json.dumps({"type": "chat.cancel", "requestId": "r1"}))
         done_b = await frames_until(on_b, "stream.done")
         frames_b = joined + done_b
@@ -112,7 +113,7 @@ async def test_join_cancel_and_recovery_across_two_workers(model_server, redis_u
         await on_a.send(json.dumps({"type": "chat.send", "requestId": "r2", "text": "again"}))
         live = await frames_until(on_b, "stream.start")
         while text_of(live) != "last words":
-            live.append(json.loads(await on_b.recv()))
+            live.append(json.loads(await asyncio.wait_for(on_b.recv(), 60)))
         stream_id = live[-1]["streamId"]
         await wait_for_chunks_stored(stream_id, live[-1]["index"] + 1)  # past the flush window
         worker_a.stop(signal.SIGKILL)
