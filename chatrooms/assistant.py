@@ -36,6 +36,8 @@ DATA_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 # Room kept under MESSAGE_MAX_BYTES for what the estimate of a message's stored size leaves out.
 MESSAGE_SIZE_RESERVE_BYTES = 1024
 PART_OVERHEAD_BYTES = 64
+# The most text one coalesced delta chunk holds: far below STREAM_CHUNK_MAX_BYTES, so never truncated.
+HELD_DELTA_MAX_CHARS = 4096
 
 FINISH_REASONS = {"stop": "stop", "tool_calls": "tool-calls", "function_call": "tool-calls",
                   "length": "length", "content_filter": "content-filter"}
@@ -159,8 +161,11 @@ class ChunkRelay:
                             await layer.group_send(self.group, {**self.header, "type": "stream.transient", "body": body})
                     else:
                         await layer.group_send(self.group, {**self.header, "chunks": list(run)})
-        except Exception:
-            logger.exception("relaying chunks to %s failed; viewers fill the gap from the database", self.group)
+        except Exception as error:
+            # One line, no traceback: while the layer is down (Redis restarting) this fails for every
+            # batch of every live stream, and a traceback each would flood the log.
+            logger.warning("relaying chunks to %s failed (%s: %s); viewers fill the gap from the database",
+                           self.group, type(error).__name__, error)
             self._pending.clear()
         finally:
             self._sending = None
@@ -192,11 +197,14 @@ class ReplyRun:
         self._output_bytes: dict[str, int] = {}
         self._generation: asyncio.Task[str] | None = None
         self._open_parts: dict[str, str] = {}  # "text"/"reasoning" -> id of the open part
+        self._held_delta: list[Any] | None = None  # [kind, part id, texts, length]: see _hold_delta
         self._part_serial = 0
 
     # -- chunks ------------------------------------------------------------------------------
 
     def emit(self, chunk: dict[str, Any], *, transient: bool = False) -> None:
+        if self._held_delta is not None:
+            self._release_delta()  # chunks keep their order
         body = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
         if transient:  # live only: no index, not stored, not replayed
             self.relay.push(None, body)
@@ -255,10 +263,31 @@ class ReplyRun:
         if size > room:
             text = _cut_to_json_size(text, room // copies)
             if text:
-                self.emit({"type": f"{kind}-delta", "id": self._open_parts[kind], "delta": text})
+                self._hold_delta(kind, text)
             raise AnswerLimitReached
         self.message_bytes += size
-        self.emit({"type": f"{kind}-delta", "id": self._open_parts[kind], "delta": text})
+        self._hold_delta(kind, text)
+
+    def _hold_delta(self, kind: str, text: str) -> None:
+        """Deltas of one part that the model sends within one turn of the event loop go out as one
+        chunk: fewer chunks to store, relay and send when the model is fast, no delay when it is not."""
+        part_id = self._open_parts[kind]
+        held = self._held_delta
+        if held is not None and (held[1] != part_id or held[3] >= HELD_DELTA_MAX_CHARS):
+            self._release_delta()
+            held = None
+        if held is None:
+            self._held_delta = [kind, part_id, [text], len(text)]
+            asyncio.get_running_loop().call_soon(self._release_delta)
+        else:
+            held[2].append(text)
+            held[3] += len(text)
+
+    def _release_delta(self) -> None:
+        held, self._held_delta = self._held_delta, None
+        if held is not None:
+            kind, part_id, texts, _length = held
+            self.emit({"type": f"{kind}-delta", "id": part_id, "delta": "".join(texts)})
 
     def _close_part(self, kind: str) -> None:
         part_id = self._open_parts.pop(kind, None)
@@ -394,6 +423,7 @@ class ReplyRun:
             raise asyncio.CancelledError
 
     async def _finish(self, status: str, error_text: str | None) -> None:
+        self._release_delta()
         self._close_parts()
         # Tool calls left open end as errors in the stream itself, so that the stream and the
         # stored message agree.
@@ -412,7 +442,9 @@ class ReplyRun:
             if status == "complete":
                 status, error_text = "error", "The answer could not be stored completely."
         await self.relay.drain()
-        await database_sync_to_async(services.reply_finish)(
+        # Off the shared database thread: a finish waiting for a locked table must not hold up the
+        # worker's other sockets (see docs/architecture.md, "Database work off the hot path").
+        await database_sync_to_async(services.reply_finish, thread_sensitive=False)(
             start=self.start,
             status=status,
             content=self.builder.text,

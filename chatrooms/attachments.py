@@ -36,6 +36,8 @@ ATTACHMENTS_PER_MESSAGE = 5
 PENDING_UPLOADS_MAX = 20
 PENDING_MAX_AGE_HOURS = 24
 FILENAME_MAX_LENGTH = 255
+# A file's text must not close its own block in the model's input (see text_with_attachments).
+CLOSING_DELIMITER = re.compile(r"</(attached-file)", re.IGNORECASE)
 
 
 class AttachmentRefused(Exception):
@@ -122,14 +124,17 @@ def attachment_to_dict(attachment: Any) -> dict[str, Any]:
 
 def text_with_attachments(text: str, attachments: list[Any]) -> str:
     """A user message as the model reads it: its text, then each file as a delimited block. The
-    delimiter names the file, so the model can tell files apart and refer to them."""
+    delimiter names the file, so the model can tell files apart and refer to them. A closing
+    delimiter inside a file is defused, so a file cannot end its own block and pose as the user."""
     blocks = [text]
     for attachment in attachments:
+        content = CLOSING_DELIMITER.sub(r"<\\/\1", attachment.text)
         blocks.append(
             f'<attached-file name="{attachment.filename}" type="{attachment.media_type}">\n'
-            f"{attachment.text}\n</attached-file>"
+            f"{content}\n</attached-file>"
         )
     return "\n\n".join(blocks)
+
 
 
 def files_of(message: Any) -> list[Any]:

@@ -7,8 +7,10 @@ import logging
 import time
 from typing import Any
 
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.consumer import get_handler_name
 from django.conf import settings
 
 from streaming.replay import chunks_after
@@ -45,6 +47,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
     """One browser tab or script. It has at most one active room and tracks, per live stream of that
     room, the next chunk index it owes the client."""
 
+    client_gone = False  # the client left mid-frame; see send()
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' own dispatch, without its `close_old_connections` before every message: that runs on
+        the process's one shared database thread, so while any query there waits (a locked table) every
+        socket of the worker stopped receiving, live chunks included. Our database calls go through
+        database_sync_to_async, which closes old connections around each call on the thread it uses."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
     async def connect(self) -> None:
         self.user = self.scope.get("user")
         if self.user is None or not self.user.is_authenticated:
@@ -64,6 +78,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.known_messages: set[str] = set()  # ids of messages this connection has been sent
         self._watchdog: asyncio.Task[None] | None = None
         await self.channel_layer.group_add(events.user_group(self.user.pk), self.channel_name)
+        # A layer with a group expiry (the in-memory one) drops memberships older than it, silently.
+        expiry = getattr(self.channel_layer, "group_expiry", None)
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_groups(expiry)) if expiry else None
         recovery.ensure_sweeper()
         await self.accept()
         await self.send_json({
@@ -80,13 +97,29 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await limits.asocket_closed(user_id=self.user.pk)
         if getattr(self, "_watchdog", None) is not None:
             self._watchdog.cancel()
+        if getattr(self, "_refresher", None) is not None:
+            self._refresher.cancel()
         if getattr(self, "active_room", None) is not None:
             await self.channel_layer.group_discard(events.room_group(self.active_room), self.channel_name)
         if getattr(self, "user", None) is not None and self.user.is_authenticated:
             await self.channel_layer.group_discard(events.user_group(self.user.pk), self.channel_name)
+        await events.channel_release(self.channel_name)
 
     async def send_json(self, frame: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(frame, ensure_ascii=False))
+
+    async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False) -> None:
+        """Every frame to the client goes through here. A client that left while a frame was on its way
+        (its closing handshake begun, daphne's `websocket.disconnect` not yet delivered) makes autobahn
+        raise Disconnected: that ends nothing here, the frames after it are dropped, and disconnect()
+        still runs when the event comes. Raised out of a handler, it ended the consumer without
+        disconnect(), leaking the user's socket count and group memberships (tests/faults/test_churn.py)."""
+        if self.client_gone:
+            return
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except Disconnected:
+            self.client_gone = True
 
     # -- client frames -----------------------------------------------------------------------
 
@@ -272,19 +305,37 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._leave()
             raise
         self.known_messages = {message["id"] for message in snapshot.messages}
+        if not snapshot.cursor_valid:
+            await self._send_stale_cursor(since["streamId"])  # type: ignore[index]
         await self.send_json(_with_ref({"type": "messages", "roomId": snapshot.room_id,
                                         "messages": snapshot.messages}, ref))
         live = snapshot.live
         if live is None:
             return
-        await self.send_json({"type": "stream.resuming", "roomId": snapshot.room_id,
-                              "requestId": live.request_id, "streamId": live.stream_id})
-        first = since["index"] + 1 if since and since["streamId"] == live.stream_id else 0
+        first = snapshot.replay_from
+        await self.send_json({"type": "stream.resuming", "roomId": snapshot.room_id, "requestId": live.request_id,
+                              "streamId": live.stream_id, "fromIndex": first})
         cursor = self._track(live.stream_id, live.request_id, str(live.message_id), first)
+        cursor.claimed_through = first - 1
         await self._send_chunks(cursor, snapshot.replay, replay=True)
         replayed = [index for index, _ in snapshot.replay if first <= index < cursor.next_index]
         await self.send_json({"type": "stream.replay_complete", "roomId": snapshot.room_id,
                               "streamId": live.stream_id, "lastIndex": replayed[-1] if replayed else -1})
+
+    async def _send_stale_cursor(self, stream_id: str) -> None:
+        """The client's place in a stream cannot be true: it is told to drop what it shows of that stream;
+        the room's state follows in full (the join's `messages`, or the stream's `stream.done`)."""
+        await self.send_json(error_frame(
+            "stale_cursor", "This page's place in the room's answer is out of date; the room is shown afresh.",
+            roomId=self.active_room, streamId=stream_id))
+
+    async def _end_stream(self, cursor: StreamCursor, done: dict[str, Any]) -> None:
+        """Stop tracking a stream and send its `stream.done`, after `stale_cursor` if the client had
+        claimed chunks the stream never had."""
+        self.streams.pop(cursor.stream_id, None)
+        if cursor.claimed_through > done["lastIndex"]:
+            await self._send_stale_cursor(cursor.stream_id)
+        await self.send_json(done)
 
     async def _leave(self) -> None:
         if self.active_room is not None:
@@ -333,8 +384,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             cursor = self.streams.get(frame["streamId"])
             if cursor is not None:
                 await self._fill_gap(cursor, frame["lastIndex"])
-                self.streams.pop(cursor.stream_id, None)
-            elif frame["message"]["id"] in self.known_messages:
+                self.known_messages.add(frame["message"]["id"])
+                await self._end_stream(cursor, frame)
+                return
+            if frame["message"]["id"] in self.known_messages:
                 return  # joined after it ended: `messages` already held the final message
             self.known_messages.add(frame["message"]["id"])
         await self.send_json(frame)
@@ -382,8 +435,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """A tracked stream has been quiet: make sure nothing was lost on the way."""
         cursor = self.streams.get(event["streamId"])
         if cursor is not None and self.active_room is not None:
-            # Re-subscribe in case the layer expired this connection from the room's group.
+            # Re-subscribe in case the layer expired this connection from its groups.
             await self.channel_layer.group_add(events.room_group(self.active_room), self.channel_name)
+            await self.channel_layer.group_add(events.user_group(self.user.pk), self.channel_name)
             await self._catch_up(cursor.stream_id, cursor.request_id, unknown=False)
 
     async def _catch_up(self, stream_id: str, request_id: str, *, unknown: bool) -> None:
@@ -391,7 +445,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         stream.done if it has ended (its own message may have been lost)."""
         cursor = self.streams.get(stream_id)
         after = cursor.next_index - 1 if cursor else -1
-        progress = await database_sync_to_async(selectors.stream_progress_for_room)(
+        # Stream-path reads run off the shared database thread (thread_sensitive=False), like the
+        # recorder's writes: a query waiting there (a locked table) must not hold up this stream's relay.
+        progress = await database_sync_to_async(selectors.stream_progress_for_room, thread_sensitive=False)(
             room_id=self.active_room, stream_id=stream_id, after_index=after
         )
         if progress is None:
@@ -405,8 +461,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
             cursor = self._track(stream_id, progress.request_id, progress.message_id, 0)
         await self._send_chunks(cursor, progress.chunks, replay=False)
         if progress.done is not None and cursor.next_index > progress.done["lastIndex"]:
-            self.streams.pop(stream_id, None)
-            await self.send_json(progress.done)
+            await self._end_stream(cursor, progress.done)
+
+    async def _refresh_groups(self, expiry: float) -> None:
+        """Join this connection's groups again every half expiry, so that a long-open socket (or one
+        whose worker stalled past the expiry) is never left out of its room's or user's group."""
+        while True:
+            await asyncio.sleep(max(1.0, expiry / 2))
+            try:
+                await self.channel_layer.group_add(events.user_group(self.user.pk), self.channel_name)
+                if self.active_room is not None:
+                    await self.channel_layer.group_add(events.room_group(self.active_room), self.channel_name)
+            except Exception as error:  # the layer is down: try again at the next turn
+                logger.warning("re-joining the groups of %s failed (%s: %s)", self.channel_name,
+                               type(error).__name__, error)
 
     async def _watch_quiet_streams(self) -> None:
         """While streams are tracked, ask the consumer (through its own channel, so the check runs in
@@ -418,8 +486,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 if now - cursor.last_activity >= cursor.quiet_after:
                     cursor.quiet_after = min(cursor.quiet_after * 2, QUIET_CHECK_MAX_SECONDS)
                     cursor.last_activity = now
-                    await self.channel_layer.send(self.channel_name, {"type": "stream.check",
-                                                                      "streamId": cursor.stream_id})
+                    try:
+                        await self.channel_layer.send(self.channel_name, {"type": "stream.check",
+                                                                          "streamId": cursor.stream_id})
+                    except Exception as error:  # the layer is down (Redis restarting): ask again later
+                        logger.warning("stream %s: could not ask for a check (%s: %s)", cursor.stream_id,
+                                       type(error).__name__, error)
 
     async def _send_chunks(self, cursor: StreamCursor, chunks: list[tuple[int, str]] | list[list[Any]],
                            *, replay: bool) -> None:
@@ -444,7 +516,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if cursor.next_index > through:
             return
         logger.info("stream %s: filling chunks %d..%d from the database", cursor.stream_id, cursor.next_index, through)
-        read = database_sync_to_async(chunks_after)
+        read = database_sync_to_async(chunks_after, thread_sensitive=False)  # off the shared thread, as above
         for _attempt in range(GAP_FILL_ATTEMPTS):
             stored = await read(stream_id=cursor.stream_id, after_index=cursor.next_index - 1, up_to=through)
             await self._send_chunks(cursor, stored, replay=False)
@@ -461,13 +533,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
 class StreamCursor:
     """What one connection has sent of one live stream, and when it last heard of it."""
 
-    __slots__ = ("stream_id", "request_id", "message_id", "next_index", "last_activity", "quiet_after")
+    __slots__ = ("stream_id", "request_id", "message_id", "next_index", "claimed_through", "last_activity",
+                 "quiet_after")
 
     def __init__(self, stream_id: str, request_id: str, message_id: str, next_index: int) -> None:
         self.stream_id = stream_id
         self.request_id = request_id
         self.message_id = message_id
         self.next_index = next_index
+        self.claimed_through = -1  # the last index the client said it had when it joined
         self.heard_from()
 
     def heard_from(self) -> None:

@@ -1,12 +1,35 @@
 """Group names and broadcasts. Services broadcast after commit; the reply runner sends chunks directly."""
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+
+
+async def channel_release(channel: str) -> None:
+    """Give a channel of this process back to the layer. Layers have no call for it: Channels releases a
+    consumer's channel by cancelling the receive that waits on it, and channels-redis's pub/sub layer
+    then unsubscribes, but only if that receive was waiting: one that had a message in hand when its
+    consumer stopped (a busy room's chunks) left the channel subscribed, with its queue, for good; so
+    did each /healthz check. So: cancel receives of our own until the layer has forgotten the channel
+    (each one that finds a message queued takes it: the consumer is going, nobody wants it)."""
+    layer = get_channel_layer()
+    inner = layer._get_layer() if hasattr(layer, "_get_layer") else layer  # channels-redis: per event loop
+    known = getattr(inner, "channels", None)
+    for _attempt in range(1000):
+        if known is None or channel not in known:
+            return
+        waiting = asyncio.ensure_future(layer.receive(channel))
+        await asyncio.sleep(0)  # let it take a queued message or reach its wait
+        waiting.cancel()
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            pass
 
 
 def room_group(room_id: int | str) -> str:
@@ -27,7 +50,9 @@ def _send_now(group: str, event: dict[str, Any]) -> None:
 
 
 def send_after_commit(group: str, event: dict[str, Any]) -> None:
-    transaction.on_commit(lambda: _send_now(group, event))
+    # Robust: a broadcast that fails (Redis down) is logged and lost, like a dropped message, never
+    # an error of the write that committed (a started answer would otherwise never run).
+    transaction.on_commit(lambda: _send_now(group, event), robust=True)
 
 
 def room_frame_after_commit(room_id: int, frame: dict[str, Any]) -> None:

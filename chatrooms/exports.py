@@ -10,7 +10,7 @@ from typing import Any
 from django.utils.dateparse import parse_datetime
 from django.utils.text import slugify
 
-from .models import ROOM_NAME_MAX_LENGTH, SYSTEM_PROMPT_MAX_LENGTH, Attachment, Message, Room
+from .models import ROOM_NAME_MAX_LENGTH, SYSTEM_PROMPT_MAX_LENGTH, Message, Room
 from .protocol import iso
 
 EXPORT_FORMAT = "chatrooms.room-export"

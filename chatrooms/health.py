@@ -12,6 +12,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from . import events
+
 logger = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_SECONDS = 3
@@ -28,6 +30,7 @@ async def _channel_layer_answers() -> None:
     channel = await layer.new_channel("healthz.")
     await layer.send(channel, {"type": "healthz.ping"})
     message = await layer.receive(channel)
+    await events.channel_release(channel)  # else each check left a Redis subscription behind
     if message.get("type") != "healthz.ping":
         raise RuntimeError("the channel layer returned another message")
 

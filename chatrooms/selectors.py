@@ -1,11 +1,13 @@
 """Reads. Every read of a room goes through `room_get_for_user`, the one permission-checked door."""
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 import re
 from datetime import datetime
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.postgres.search import SearchHeadline, SearchQuery, SearchRank, SearchVector
 from django.db import connection
@@ -165,16 +167,36 @@ class RoomSnapshot:
     messages: list[dict[str, Any]]
     live: LiveStream | None
     replay: list[tuple[int, str]]
+    cursor_valid: bool = True  # False: the join's `since` could not be honest (see cursor_is_possible)
+    replay_from: int = 0  # the first index the replay may send
 
 
 def room_snapshot_for_user(*, user: AbstractBaseUser, room_id: str, since: dict[str, Any] | None) -> RoomSnapshot:
     room = room_get_for_user(user=user, room_id=room_id)
     live = live_stream_for_room(room=room)
+    cursor_valid = since is None or cursor_is_possible(room=room, live=live, since=since)
     replay: list[tuple[int, str]] = []
+    first = 0
     if live is not None:
-        after = since["index"] if since and since["streamId"] == live.stream_id else -1
-        replay = chunks_after(stream_id=live.stream_id, after_index=after)
-    return RoomSnapshot(str(room.pk), messages_for_room(room=room, viewer=user), live, replay)
+        if since and cursor_valid and since["streamId"] == live.stream_id:
+            first = since["index"] + 1
+        replay = chunks_after(stream_id=live.stream_id, after_index=first - 1)
+    return RoomSnapshot(str(room.pk), messages_for_room(room=room, viewer=user), live, replay, cursor_valid, first)
+
+
+def cursor_is_possible(*, room: Room, live: LiveStream | None, since: dict[str, Any]) -> bool:
+    """Whether a joining client's `since` can be true: it names a stream of this room and, for the live
+    one, an index no further than its stored chunks plus the most the recorder may still hold (a full
+    buffer and the batch being written). An id from another room, or from before a database reset,
+    names no stream of this room."""
+    if live is not None and since["streamId"] == live.stream_id:
+        unstored_at_most = 2 * settings.STREAM_BUFFER_MAX_CHUNKS
+        return since["index"] <= last_chunk_index(stream_id=live.stream_id) + unstored_at_most
+    try:
+        stream_id = uuid.UUID(since["streamId"])
+    except ValueError:
+        return False
+    return Message.objects.filter(room=room, stream_id=stream_id).exists()
 
 
 def live_stream_for_user_request(

@@ -13,6 +13,13 @@ from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# daphne's options in production (deploy/chatrooms@.service, the README), so that tests and benchstream run
+# workers the same way. A socket that reads nothing (its peer stopped reading) answers no ping: it is
+# dropped within --ping-interval + --ping-timeout + 2 s (daphne's check runs every 2 s), which bounds
+# what Twisted buffers for it. A crowd connecting at once (a worker restarted: every browser comes back)
+# is admitted within --websocket_connect_timeout; past it the opening is dropped.
+DAPHNE_OPTIONS = ("--ping-interval", "20", "--ping-timeout", "30", "--websocket_connect_timeout", "60")
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -104,7 +111,7 @@ class DaphneProcess(ServerProcess):
     ) -> None:
         port = port or free_port()
         super().__init__(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), application],
+            [sys.executable, "-m", "daphne", *DAPHNE_OPTIONS, "-b", "127.0.0.1", "-p", str(port), application],
             port=port, env={**(os.environ if base_env is None else base_env), **env}, name="daphne",
             log_path=log_path,
         )

@@ -368,11 +368,18 @@ def room_import(request: HttpRequest) -> HttpResponse:
     if request.method == "GET":
         return render(request, "chatrooms/import.html")
     try:
-        room = services.room_import(user=request.user, data=_uploaded_export(request))
+        document = _uploaded_export(request)
+        limits.count_attempt(limits.ROOMS_CREATED, user_id=request.user.pk)  # an import makes a room too
+        room = services.room_import(user=request.user, data=document)
     except ImportRefused as refused:
         return render(request, "chatrooms/import.html", {"error": str(refused)}, status=400)
     except ActionRefused as refused:
         return render(request, "chatrooms/import.html", {"error": refused.message}, status=400)
+    except limits.LimitReached as reached:
+        response = render(request, "chatrooms/import.html", {"error": reached.message}, status=429)
+        if reached.retry_after is not None:
+            response["Retry-After"] = str(reached.retry_after)
+        return response
     return redirect("chatrooms:room", room_id=room.pk)
 
 

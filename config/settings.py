@@ -150,18 +150,25 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # pub/sub layer (unbounded per-connection queues; the default layer drops bursts) and a Redis cache.
 REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
+    import redis.exceptions
+
+    # After a Redis restart every pooled connection is dead: a command that meets one is retried once
+    # on a new connection instead of failing (a lost publish or a refused chat frame).
+    REDIS_RETRY = {"retry_on_error": [redis.exceptions.ConnectionError]}
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {"hosts": [{"address": REDIS_URL, **REDIS_RETRY}]},
         }
     }
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                          "OPTIONS": REDIS_RETRY}}
 else:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels.layers.InMemoryChannelLayer",
-            "CONFIG": {"capacity": env_int("CHANNEL_CAPACITY", 1000)},
+            "CONFIG": {"capacity": env_int("CHANNEL_CAPACITY", 1000),
+                       "group_expiry": env_int("CHANNEL_GROUP_EXPIRY_SECONDS", 86400)},
         }
     }
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

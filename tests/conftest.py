@@ -114,6 +114,17 @@ class ChatClient:
             if frame["type"] == frame_type and all(frame.get(k) == v for k, v in match.items()):
                 return frames
 
+    async def receive_until_text(self, text: str, timeout: float = FRAME_TIMEOUT) -> list[dict[str, Any]]:
+        """Frames up to the chunk after which the text deltas read by this call contain `text`. The
+        server coalesces deltas that arrive together, so a test counts text, never chunks."""
+        frames, shown = [], ""
+        while text not in shown:
+            frame = await self.receive(timeout)
+            frames.append(frame)
+            if frame["type"] == "stream.chunk" and frame["chunk"]["type"] == "text-delta":
+                shown += frame["chunk"]["delta"]
+        return frames
+
     async def nothing_more(self) -> bool:
         return await self.communicator.receive_nothing(timeout=0.2)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from django.db import connection
@@ -34,11 +35,11 @@ def scripted_worker_env(model_server: Any, **extra: str) -> dict[str, str]:
 class DaphneWorker(DaphneProcess):
     """One daphne process serving config.asgi on 127.0.0.1, on the test database, with the given environment."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(self, env: dict[str, str], port: int | None = None, log_path: Path | None = None) -> None:
         # The browser tests set DJANGO_ALLOW_ASYNC_UNSAFE in this process (see tests/browser/conftest.py):
         # a server keeps Django's async-safety checks all the same.
         inherited = {name: value for name, value in os.environ.items() if name != "DJANGO_ALLOW_ASYNC_UNSAFE"}
-        super().__init__({"DATABASE_URL": test_database_url(), **env}, port, base_env=inherited)
+        super().__init__({"DATABASE_URL": test_database_url(), **env}, port, base_env=inherited, log_path=log_path)
 
     def start(self, timeout: float = 60) -> DaphneWorker:
         super().start(timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 
 import pytest
 import websockets
@@ -29,17 +30,21 @@ async def start_answer(worker: DaphneWorker, model_server) -> tuple[object, str,
     room_id = (await frames_until(ws, "room.created"))[-1]["room"]["id"]
     model_server.enqueue(ScriptedReply(tokens=TOKENS, hold_open=True))
     await ws.send(json.dumps({"type": "chat.send", "roomId": room_id, "requestId": "r", "text": "go"}))
-    shown = ""
+    shown, last_index = "", -1
     while shown != "".join(TOKENS):
-        frame = json.loads(await ws.recv())
-        if frame["type"] == "stream.chunk" and frame["chunk"]["type"] == "text-delta":
-            shown += frame["chunk"]["delta"]
-    return ws, room_id, shown
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        if frame["type"] == "stream.chunk":
+            last_index = frame["index"]
+            if frame["chunk"]["type"] == "text-delta":
+                shown += frame["chunk"]["delta"]
+    return ws, room_id, shown, last_index
 
 
-async def wait_for_chunks_stored(stream_id: str | None, count: int) -> None:
+async def wait_for_chunks_stored(stream_id: str | None, count: int, timeout: float = 60) -> None:
     chunks = StreamChunk.objects.filter(stream_id=stream_id) if stream_id else StreamChunk.objects.all()
+    deadline = time.monotonic() + timeout
     while await database_sync_to_async(chunks.count)() < count:
+        assert time.monotonic() < deadline, f"fewer than {count} chunks stored after {timeout} s"
         await asyncio.sleep(0.05)  # the recorder's flush timer has no event a test can wait on
 
 
@@ -48,7 +53,7 @@ async def test_sigterm_finishes_live_answers_as_interrupted(model_server):
     await database_sync_to_async(make_user)("sam", "a-long-enough-password")
     worker = DaphneWorker(scripted_worker_env(model_server)).start()
     try:
-        ws, room_id, shown = await start_answer(worker, model_server)
+        ws, room_id, shown, _last_index = await start_answer(worker, model_server)
         stopped = await asyncio.to_thread(worker.stop, signal.SIGTERM)
         assert stopped is not None
         message = await database_sync_to_async(Message.objects.get)(role="assistant")
@@ -64,8 +69,8 @@ async def test_after_sigkill_another_worker_finishes_the_stream_on_join(model_se
     model_server.reset()
     await database_sync_to_async(make_user)("sam", "a-long-enough-password")
     doomed = DaphneWorker(scripted_worker_env(model_server)).start()
-    ws, room_id, shown = await start_answer(doomed, model_server)
-    await wait_for_chunks_stored(None, 3 + len(TOKENS))  # start, start-step, text-start, the deltas
+    ws, room_id, shown, last_index = await start_answer(doomed, model_server)
+    await wait_for_chunks_stored(None, last_index + 1)
     doomed.stop(signal.SIGKILL)
     stored = await database_sync_to_async(StreamChunk.objects.count)()
 

@@ -135,6 +135,7 @@
         if (frame.roomId === roomId) location.assign("/");
         return;
       case "error":
+        if (frame.code === "stale_cursor") return forgetLive(frame.streamId);
         if (typeof frame.ref === "string" && /^tool-(result|approval):/.test(frame.ref)) return toolAnswerRefused(frame);
         return showError(frame.message);
       default:
@@ -764,6 +765,15 @@
       prompt.querySelector(".approval-status").textContent = "";
     }
     showError(frame.message);
+  }
+
+  // The server could not continue from where this page was in a stream (see stale_cursor in
+  // docs/protocol.md): drop the partial bubble; the whole answer follows from its first chunk.
+  function forgetLive(streamId) {
+    if (!live || live.streamId !== streamId) return;
+    live.bubble.remove();
+    live = null;
+    setStreaming(false);
   }
 
   function endStream(frame) {

@@ -254,7 +254,7 @@ def test_room_names_messages_and_prompts_are_shown_escaped(client, settings):
     services.room_share(user=alice, room_id=room.pk, username="bob")
     services.chat_send(user=bob, room_id=room.pk, request_id="x", text=XSS + " **bold**")
 
-    for url in (f"/rooms/{room.pk}/", f"/search/?q=script", f"/rooms/{room.pk}/members/"):
+    for url in (f"/rooms/{room.pk}/", "/search/?q=script", f"/rooms/{room.pk}/members/"):
         page = client.get(url).content.decode()
         assert "<script>alert" not in page and "<img src=x" not in page, url
     page = client.get(f"/rooms/{room.pk}/").content.decode()

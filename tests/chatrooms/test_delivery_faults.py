@@ -39,7 +39,7 @@ async def test_viewers_dropped_from_the_group_mid_stream_get_the_rest_and_stream
     tokens = [f"t{i} " for i in range(30)]
     scripted_model.enqueue(ScriptedReply(tokens=tokens, delay=0.01))
     await viewers[0].send({"type": "chat.send", "requestId": "q", "text": "go"})
-    before = [await v.receive_until("stream.chunk", index=5) for v in viewers]
+    before = [await v.receive_until_text("t5 ") for v in viewers]
     get_channel_layer().groups[f"room.{room.pk}"].clear()
 
     for viewer, seen in zip(viewers, before):
@@ -80,7 +80,7 @@ async def test_events_queued_before_a_join_do_not_repeat_what_the_join_sent(scri
     (sender,) = await joined_viewers(user, room, 1, connect)
     scripted_model.enqueue(ScriptedReply(tokens=["a ", "b ", "c "], hold_open=True))
     await sender.send({"type": "chat.send", "requestId": "q", "text": "go"})
-    started = await sender.receive_until("stream.chunk", index=4)
+    started = await sender.receive_until_text("a b c ")
     start = next(f for f in started if f["type"] == "stream.start")
     created = next(f for f in started if f["type"] == "message.created")
 

@@ -257,6 +257,15 @@ def test_the_good_file_of_those_tests_imports(client, alice):
     assert room.model, "a blank or unknown model becomes this server's default"
 
 
+def test_imports_count_against_the_rooms_a_user_may_make_in_an_hour(client, alice, settings):
+    settings.ROOMS_PER_HOUR = 2
+    assert client.post("/rooms/new/", {"name": "Made"}).status_code in (200, 302)
+    assert client.post("/rooms/import/", {"file": upload(good_export())}).status_code == 302
+    response = client.post("/rooms/import/", {"file": upload(good_export())})
+    assert response.status_code == 429 and int(response["Retry-After"]) > 0
+    assert "new rooms" in response.content.decode() and Room.objects.count() == 2
+
+
 def test_an_import_fails_whole_or_not_at_all(alice, monkeypatch):
     def broken_attachments(**kwargs):
         raise RuntimeError("the disk is full")

@@ -53,7 +53,8 @@ async def ask(connect, text: str) -> list[dict]:
     return await client.receive_until("stream.done")
 
 
-async def test_offline_model_streams_a_useful_answer(offline, connect):
+async def test_offline_model_streams_a_useful_answer(offline, connect, settings):
+    settings.LOCAL_MODEL_DELAY_MS = 1  # paced (as by default, if faster): deltas of one loop turn are coalesced
     frames = await ask(connect, "What are you?")
     deltas = [f for f in frames if f["type"] == "stream.chunk" and f["chunk"]["type"] == "text-delta"]
     assert len(deltas) > 20, "it streams word by word"

@@ -68,8 +68,8 @@ async def test_joining_mid_stream_replays_then_continues_without_gap_or_duplicat
     room_id = await joined_room(first)
     scripted_model.enqueue(ScriptedReply(tokens=[f"t{i} " for i in range(60)], delay=0.01))
     await first.send({"type": "chat.send", "requestId": "q", "text": "go"})
-    seen = await first.receive_until("stream.chunk", index=20)
-    stream_id = seen[-1]["streamId"]
+    seen = await first.receive_until_text("t20 ")
+    stream_id, seen_through = seen[-1]["streamId"], seen[-1]["index"]
 
     late = await connect(user)
     await late.send({"type": "room.join", "roomId": room_id})
@@ -83,7 +83,7 @@ async def test_joining_mid_stream_replays_then_continues_without_gap_or_duplicat
 
     # Reconnecting with `since` gets only what came after it.
     again = await connect(user)
-    await again.send({"type": "room.join", "roomId": room_id, "since": {"streamId": stream_id, "index": 20}})
+    await again.send({"type": "room.join", "roomId": room_id, "since": {"streamId": stream_id, "index": seen_through}})
     frames = await again.receive_until("messages")
     done = late_frames[-1]
     # The stream has ended by now: the message is in `messages`, complete, and nothing is replayed.
@@ -97,19 +97,20 @@ async def test_rejoin_with_since_during_a_stream_resumes_after_that_index(script
     room_id = await joined_room(client)
     scripted_model.enqueue(ScriptedReply(tokens=[f"t{i} " for i in range(40)], hold_open=True))
     await client.send({"type": "chat.send", "requestId": "q", "text": "go"})
-    before = await client.receive_until("stream.chunk", index=15)
-    stream_id = before[-1]["streamId"]
+    before = await client.receive_until_text("t15 ")
+    stream_id, seen_through = before[-1]["streamId"], before[-1]["index"]
     await client.close()
 
     client = await connect(user)
-    await client.send({"type": "room.join", "roomId": room_id, "since": {"streamId": stream_id, "index": 15}})
+    await client.send({"type": "room.join", "roomId": room_id, "since": {"streamId": stream_id, "index": seen_through}})
     frames = await client.receive_until("stream.replay_complete")
     replayed = [f["index"] for f in frames if f["type"] == "stream.chunk"]
     assert all(f.get("replay") for f in frames if f["type"] == "stream.chunk")
     await client.send({"type": "chat.cancel", "requestId": "q"})
     rest = await client.receive_until("stream.done")
     live = [f["index"] for f in rest if f["type"] == "stream.chunk"]
-    assert replayed + live == list(range(16, 16 + len(replayed) + len(live)))
+    first = seen_through + 1
+    assert replayed + live == list(range(first, first + len(replayed) + len(live)))
     assert text_of(before + frames + rest) == rest[-1]["message"]["content"]
 
 
