@@ -249,6 +249,7 @@ class ReplyRun:
         return emit_data
 
     def _delta(self, kind: str, text: str) -> None:
+        text = text.replace("\x00", "\ufffd")  # a model may send U+0000; PostgreSQL stores none
         other = "reasoning" if kind == "text" else "text"
         self._close_part(other)
         if kind not in self._open_parts:

@@ -126,6 +126,23 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _holds_nul(value: Any) -> bool:
+    """Whether any string in a parsed JSON value (keys included) holds U+0000; iterative, so that
+    deep nesting costs no recursion."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
 def frame_ref(frame: dict[str, Any]) -> str | None:
     """The frame's `ref` if it is well formed, so that even an error answer can echo it."""
     ref = frame.get("ref")
@@ -142,6 +159,8 @@ def validate_frame(frame: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     fields = FRAME_FIELDS.get(kind)
     if fields is None:
         raise ProtocolError("unknown_type", f"Unknown frame type {kind[:64]!r}.")
+    if _holds_nul(frame):  # PostgreSQL can neither store nor even compare text with one
+        raise ProtocolError("bad_request", "No string in a frame may hold the NUL character (\\u0000).")
     cleaned: dict[str, Any] = {}
     for name, spec in fields.items():
         if name not in frame or frame[name] is None:

@@ -325,6 +325,13 @@ FRAME_CASES = [
     Case("type-server-frame-hello", lambda w: {"type": "hello"}, "unknown_type"),
     Case("type-server-frame-stream-chunk", lambda w: {"type": "stream.chunk"}, "unknown_type"),
     Case("type-wrong-case", lambda w: {"type": "Room.Create", "name": "x"}, "unknown_type"),
+    # NUL characters (PostgreSQL can neither store nor compare them), anywhere in a frame.
+    Case("chat.cancel-requestId-nul", _with("chat.cancel", requestId="\x00"), "bad_request"),
+    Case("chat.send-text-nul", _with("chat.send", text="a\x00b"), "bad_request"),
+    Case("room.create-name-nul", _with("room.create", name="x\x00"), "bad_request"),
+    Case("chat.send-body-key-nul", _with("chat.send", body={"deep": [{"k\x00": 1}]}), "bad_request"),
+    Case("tool.result-output-nul", lambda w: {"type": "tool.result", "requestId": "r", "toolCallId": "c",
+                                               "output": {"x": ["\x00"]}}, "bad_request"),
     # Lengths.
     Case("room.create-name-101", _with("room.create", name="n" * 101), "bad_request"),
     Case("room.create-name-101-after-trim", _with("room.create", name="  " + "n" * 101 + "\t "), "bad_request"),

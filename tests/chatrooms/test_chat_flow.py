@@ -19,6 +19,19 @@ def text_of(frames: list[dict]) -> str:
                    if f["type"] == "stream.chunk" and f["chunk"]["type"] == "text-delta")
 
 
+async def test_a_nul_character_from_the_model_is_stored_as_a_replacement_character(scripted_model, connect):
+    """PostgreSQL stores no U+0000 in text or JSON: the answer must still be stored, on every database."""
+    user = await database_sync_to_async(make_user)()
+    client = await connect(user)
+    await joined_room(client)
+    scripted_model.enqueue(ScriptedReply(tokens=["a\x00b"]))
+    await client.send({"type": "chat.send", "requestId": "q", "text": "go"})
+    done = (await client.receive_until("stream.done"))[-1]
+    assert done["status"] == "complete" and done["message"]["content"] == "a\ufffdb"
+    stored = await database_sync_to_async(Message.objects.get)(pk=int(done["message"]["id"]))
+    assert stored.content == "a\ufffdb"
+
+
 async def test_send_streams_an_answer_that_is_stored(scripted_model, connect):
     user = await database_sync_to_async(make_user)()
     client = await connect(user)

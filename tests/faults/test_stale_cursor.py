@@ -32,7 +32,8 @@ async def test_cursors_that_cannot_be_true_get_stale_cursor_and_a_full_replay(cl
     await owner.send({"type": "chat.send", "roomId": other_room, "requestId": "o", "text": "hi"})
     foreign_stream = (await owner.until("stream.done"))[-1]["streamId"]
     await owner.join(room)
-    stream_id = await start_answer(cluster, owner, room, ScriptedReply(tokens=TOKENS, hold_open=True), request_id="live")
+    stream_id = await start_answer(cluster, owner, room, ScriptedReply(tokens=TOKENS, hold_open=True),
+                                   request_id="live", stored=True)
     stored_through = owner.cursor(stream_id)["index"]
 
     reader = await Watcher.log_in(worker_b, name="reader")
@@ -88,7 +89,7 @@ async def test_cursors_that_cannot_be_true_get_stale_cursor_and_a_full_replay(cl
     await owner.send({"type": "room.clear", "roomId": room})
     await owner.until("room.cleared")
     new_stream = await start_answer(cluster, owner, room, ScriptedReply(tokens=TOKENS, hold_open=True),
-                                    request_id="after-clear")
+                                    request_id="after-clear", stored=True)  # a replay reads what is stored
     frames = await rejoin(reader, worker_b, room, {"streamId": stream_id, "index": 3})
     assert [f["code"] for f in frames if f["type"] == "error"] == ["stale_cursor"]
     assert replayed_text(frames) == "".join(TOKENS) and new_stream in reader.shown
