@@ -277,8 +277,11 @@ def _act(request: HttpRequest, room_id: int, action, then: str | None = None) ->
     return _go(request, then or reverse("chatrooms:room", args=[room_id]))
 
 
-def _limit_reached(reached: limits.LimitReached) -> HttpResponse:
-    response = HttpResponse(reached.message, status=429, content_type="text/plain; charset=utf-8")
+def _limit_reached(reached: limits.LimitReached, response: HttpResponse | None = None) -> HttpResponse:
+    """429 with Retry-After: `response` (a page that says why), or the limit's message as text."""
+    if response is None:
+        response = HttpResponse(reached.message, content_type="text/plain; charset=utf-8")
+    response.status_code = 429
     if reached.retry_after is not None:
         response["Retry-After"] = str(reached.retry_after)
     return response
@@ -376,10 +379,7 @@ def room_import(request: HttpRequest) -> HttpResponse:
     except ActionRefused as refused:
         return render(request, "chatrooms/import.html", {"error": refused.message}, status=400)
     except limits.LimitReached as reached:
-        response = render(request, "chatrooms/import.html", {"error": reached.message}, status=429)
-        if reached.retry_after is not None:
-            response["Retry-After"] = str(reached.retry_after)
-        return response
+        return _limit_reached(reached, render(request, "chatrooms/import.html", {"error": reached.message}))
     return redirect("chatrooms:room", room_id=room.pk)
 
 
