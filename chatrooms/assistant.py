@@ -601,8 +601,12 @@ class ReplyRun:
             arguments = json.loads(call["arguments"] or "{}")
         except ValueError:
             arguments = call["arguments"]
-        self.emit({"type": "tool-input-available", "toolCallId": call_id, "toolName": name, "input": arguments})
+        input_available = {"type": "tool-input-available", "toolCallId": call_id, "toolName": name, "input": arguments}
         spec = self.toolset.get(name)
+        # A client answers a client tool's call as soon as it sees it: that chunk waits for the wait.
+        announced = spec is None or not spec.runs_on_client
+        if announced:
+            self.emit(input_available)
         waited = False
         try:
             if spec is None:
@@ -610,16 +614,17 @@ class ReplyRun:
             arguments = tools.check_arguments(spec, arguments)
             approver_id = None
             if spec.runs_on_client:
-                waited = True
-                answer = await self._wait_for_person(call_id, name, PendingToolCall.Kind.CLIENT)
+                waited = announced = True
+                answer = await self._wait_for_person(call_id, name, PendingToolCall.Kind.CLIENT, input_available)
                 output = tools.cap_output(answer.answer.get("output"))
                 self._emit_output(call_id, output, final=True)
                 return output
             if spec.approval_required(arguments):
                 waited = True
                 approval_id = f"approval-{call_id}"
-                self.emit({"type": "tool-approval-request", "approvalId": approval_id, "toolCallId": call_id})
-                answer = await self._wait_for_person(call_id, name, PendingToolCall.Kind.APPROVAL)
+                answer = await self._wait_for_person(
+                    call_id, name, PendingToolCall.Kind.APPROVAL,
+                    {"type": "tool-approval-request", "approvalId": approval_id, "toolCallId": call_id})
                 approved = bool(answer.answer.get("approved"))
                 self.emit({"type": "tool-approval-response", "approvalId": approval_id, "approved": approved})
                 if not approved:
@@ -639,22 +644,27 @@ class ReplyRun:
             raise
         except Exception as error:
             message = str(error) or type(error).__name__
+            if not announced:
+                self.emit(input_available)
             self.emit({"type": "tool-output-error", "toolCallId": call_id, "errorText": message})
             return {"error": message}
         finally:
             if waited:
                 await self._publish_progress()
 
-    async def _wait_for_person(self, tool_call_id: str, tool_name: str, kind: str) -> ToolAnswer:
-        """Wait for `tool.approval` or `tool.result` from anyone who can see the room, on any worker."""
+    async def _wait_for_person(
+        self, tool_call_id: str, tool_name: str, kind: str, request: dict[str, Any]
+    ) -> ToolAnswer:
+        """Wait for `tool.approval` or `tool.result` from anyone who can see the room, on any worker.
+        The `request` chunk that asks for it goes out only once an answer would be taken."""
         waiting: asyncio.Future[ToolAnswer] = asyncio.get_running_loop().create_future()
         self.waiting[tool_call_id] = waiting
         try:
-            await self.recorder.flush()  # a viewer who joins now replays the request and can answer it
             await database_sync_to_async(services.tool_wait_begin, thread_sensitive=False)(
-                start=self.start, tool_call_id=tool_call_id, tool_name=tool_name, kind=kind,
-                parts=copy.deepcopy(self.builder.parts),
-            )
+                start=self.start, tool_call_id=tool_call_id, tool_name=tool_name, kind=kind)
+            self.emit(request)
+            await self.recorder.flush()  # a viewer who joins now replays the request and can answer it
+            await self._publish_progress()
             try:
                 return await asyncio.wait_for(asyncio.shield(waiting), timeout=settings.TOOL_WAIT_SECONDS)
             except TimeoutError:

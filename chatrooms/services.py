@@ -625,14 +625,11 @@ def reply_publish_progress(*, start: ReplyStart, parts: list[dict[str, Any]]) ->
 
 
 @transaction.atomic
-def tool_wait_begin(
-    *, start: ReplyStart, tool_call_id: str, tool_name: str, kind: str, parts: list[dict[str, Any]]
-) -> None:
-    """A reply now waits for an approval or a client's result of this call."""
+def tool_wait_begin(*, start: ReplyStart, tool_call_id: str, tool_name: str, kind: str) -> None:
+    """A reply now waits for an approval or a client's result of this call; answers are taken from here on."""
     PendingToolCall.objects.create(
         room_id=start.room_id, stream_id=start.stream_id, tool_call_id=tool_call_id, tool_name=tool_name, kind=kind
     )
-    reply_publish_progress(start=start, parts=parts)
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,40 @@ async def test_only_someone_who_sees_the_room_can_answer(scripted_model, connect
 # -- client-side tools -------------------------------------------------------------------------
 
 
+async def receive_until_chunk(client, kind: str) -> dict[str, Any]:
+    while True:
+        frame = await client.receive()
+        if frame["type"] == "stream.chunk" and frame["chunk"]["type"] == kind:
+            return frame["chunk"]
+
+
+@pytest.mark.parametrize("tool_name", ["get_local_time", "rename_room"])
+async def test_an_answer_sent_the_instant_its_request_arrives_is_taken(scripted_model, connect, tool_name):
+    """The chunk that asks for an answer goes out only once the answer would be taken: a client that
+    answers without waiting for anything else (the browser does) is never told nothing waits."""
+    _user, client, room_id = await room_with_client(connect)
+    for attempt in range(5):
+        if tool_name == "get_local_time":
+            scripted_model.enqueue(ScriptedReply(tool_calls=[("get_local_time", "{}")]), ScriptedReply(tokens=["Ok."]))
+        else:
+            scripted_model.enqueue(ScriptedReply(tool_calls=[("rename_room", json.dumps({"name": f"Room {attempt}"}))]),
+                                   ScriptedReply(tokens=["Ok."]))
+        await client.send({"type": "chat.send", "roomId": room_id, "requestId": f"q{attempt}", "text": "go"})
+        if tool_name == "get_local_time":
+            call_id = (await receive_until_chunk(client, "tool-input-available"))["toolCallId"]
+            answer = {"type": "tool.result", "output": {"localTime": "now"}}
+        else:
+            call_id = (await receive_until_chunk(client, "tool-approval-request"))["toolCallId"]
+            answer = {"type": "tool.approval", "approved": True}
+        await client.send({**answer, "requestId": f"q{attempt}", "toolCallId": call_id, "ref": "answer"})
+        frames = await client.receive_until("stream.done")
+        assert [f for f in frames if f["type"] == "error"] == []
+        assert {"type": "ack", "ref": "answer"} in frames
+        assert frames[-1]["status"] == "complete"
+        assert tool_part(frames[-1]["message"], tool_name)["state"] == "output-available"
+
+
+
 async def test_a_client_tool_waits_for_the_clients_result(scripted_model, connect):
     _user, client, room_id = await room_with_client(connect)
     scripted_model.enqueue(ScriptedReply(tool_calls=[("get_local_time", "{}")]),
