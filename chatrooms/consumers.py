@@ -21,6 +21,7 @@ from .models import PendingToolCall
 from .protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
+    chunk_frame_prefix,
     chunk_frame_text,
     error_frame,
     frame_ref,
@@ -345,7 +346,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.known_messages = set()
 
     def _track(self, stream_id: str, request_id: str, message_id: str, next_index: int) -> StreamCursor:
-        cursor = self.streams[stream_id] = StreamCursor(stream_id, request_id, message_id, next_index)
+        prefix = chunk_frame_prefix(room_id=self.active_room, request_id=request_id, stream_id=stream_id)  # type: ignore[arg-type]
+        cursor = self.streams[stream_id] = StreamCursor(stream_id, request_id, message_id, next_index, prefix)
         self.known_messages.add(message_id)
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.get_running_loop().create_task(self._watch_quiet_streams())
@@ -501,10 +503,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 continue  # already sent
             if index > expected:
                 break  # never skip: the caller fills gaps first
-            await self.send(text_data=chunk_frame_text(
-                room_id=self.active_room, request_id=cursor.request_id, stream_id=cursor.stream_id,  # type: ignore[arg-type]
-                index=index, body=body, replay=replay,
-            ))
+            await self.send(text_data=chunk_frame_text(cursor.frame_prefix, index, body, replay=replay))
             expected += 1
         if expected != cursor.next_index:
             cursor.next_index = expected
@@ -533,13 +532,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
 class StreamCursor:
     """What one connection has sent of one live stream, and when it last heard of it."""
 
-    __slots__ = ("stream_id", "request_id", "message_id", "next_index", "claimed_through", "last_activity",
-                 "quiet_after")
+    __slots__ = ("stream_id", "request_id", "message_id", "frame_prefix", "next_index", "claimed_through",
+                 "last_activity", "quiet_after")
 
-    def __init__(self, stream_id: str, request_id: str, message_id: str, next_index: int) -> None:
+    def __init__(self, stream_id: str, request_id: str, message_id: str, next_index: int, frame_prefix: str) -> None:
         self.stream_id = stream_id
         self.request_id = request_id
         self.message_id = message_id
+        self.frame_prefix = frame_prefix  # of its `stream.chunk` frames
         self.next_index = next_index
         self.claimed_through = -1  # the last index the client said it had when it joined
         self.heard_from()

@@ -247,13 +247,15 @@ def error_frame(code: str, message: str, ref: str | None = None, **extra: Any) -
     return frame
 
 
-def chunk_frame_text(*, room_id: str, request_id: str, stream_id: str, index: int, body: str, replay: bool) -> str:
+def chunk_frame_prefix(*, room_id: str, request_id: str, stream_id: str) -> str:
+    """What every `stream.chunk` frame of one stream starts with, up to its index: built once per stream."""
+    head = json.dumps({"type": "stream.chunk", "roomId": room_id, "requestId": request_id, "streamId": stream_id})
+    return f'{head[:-1]}, "index": '
+
+
+def chunk_frame_text(prefix: str, index: int, body: str, *, replay: bool) -> str:
     """A `stream.chunk` frame built around the stored chunk text, without parsing it again."""
-    head = json.dumps(
-        {"type": "stream.chunk", "roomId": room_id, "requestId": request_id, "streamId": stream_id, "index": index}
-    )
-    tail = ', "replay": true}' if replay else "}"
-    return f'{head[:-1]}, "chunk": {body}{tail}'
+    return f'{prefix}{index}, "chunk": {body}, "replay": true}}' if replay else f'{prefix}{index}, "chunk": {body}}}'
 
 
 def transient_frame_text(*, room_id: str, request_id: str, stream_id: str, body: str) -> str:

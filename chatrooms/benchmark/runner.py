@@ -211,6 +211,7 @@ async def recorder_cost(system: System, config: BenchConfig, saturation: float,
             "tokensLost": sum(run["tokensLost"] for store in runs for run in runs[store]),
             "statements": {"total": sum(statements.values()), "byStatement": dict(statements.most_common())},
             "chunks": sum(run["chunks"] for run in runs[True]),
+            "tokens": sum(run["tokens"] for run in runs[True]),
             "latencyP99MsOn": [run["latencyMs"]["p99"] for run in runs[True]],
             "latencyP99MsOff": [run["latencyMs"]["p99"] for run in runs[False]]}
 

@@ -6,7 +6,7 @@ import pytest
 from chatrooms import selectors, services
 from chatrooms.models import Message
 from streaming.models import Stream, StreamChunk
-from streaming.recorder import store_batch
+from streaming.recorder import as_uuid, store_batches
 from tests.factories import add_member, make_room, make_user
 
 pytestmark = pytest.mark.django_db
@@ -29,14 +29,21 @@ def test_the_room_list_is_two_queries(django_assert_num_queries, settings, rooms
     assert sorted(r["name"] for r in listed if r["pinned"]) == sorted(f"r{i}" for i in range(0, rooms, 2))
 
 
-@pytest.mark.parametrize("chunks", [1, 50])
-def test_a_recorder_flush_is_one_insert_and_one_heartbeat_whatever_its_size(django_assert_num_queries, chunks):
+@pytest.mark.parametrize(("streams", "chunks"), [(1, 1), (1, 50), (20, 10)])
+def test_a_recorder_write_is_one_select_and_one_insert_whatever_its_size(
+    django_assert_num_queries, settings, streams, chunks
+):
+    settings.STREAMS_PER_USER = 0  # one user with 20 live answers; the limit is tested elsewhere
     user = make_user()
-    start = services.chat_send(user=user, room_id=make_room(user).pk, request_id="q", text="hi")
-    batch = [StreamChunk(stream_id=start.stream_id, index=i, body="{}") for i in range(chunks)]
-    # SAVEPOINT/RELEASE wrap the two statements inside the test's transaction.
+    starts = [services.chat_send(user=user, room_id=make_room(user, f"r{i}").pk, request_id="q", text="hi")
+              for i in range(streams)]
+    batches = [(start.stream_id, [StreamChunk(stream_id=start.stream_id, index=i, body="{}") for i in range(chunks)])
+               for start in starts]
+    # SAVEPOINT/RELEASE wrap the two statements inside the test's transaction. (SQLite takes at most
+    # 999 parameters a statement: Django splits an INSERT of more than 333 chunks.)
     with django_assert_num_queries(4):
-        assert store_batch(start.stream_id, batch) is True
+        assert store_batches(batches) == {as_uuid(start.stream_id) for start in starts}
+    assert StreamChunk.objects.count() == streams * chunks
 
 
 def test_joining_reads_a_fixed_number_of_queries(django_assert_num_queries):
