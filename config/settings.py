@@ -143,6 +143,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and DATABASE_U
         {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
          "transaction_mode": "IMMEDIATE", "timeout": 30}
     )
+# Each thread keeps its connection between calls (checked before reuse) instead of opening one per
+# `database_sync_to_async` call: opening a SQLite connection (the file, the PRAGMAs, Django's SQL
+# functions) cost 11% of a busy worker's CPU (docs/benchmarks.md). A PostgreSQL connection is a
+# server process: several workers' threads keep theirs only when DATABASE_CONN_MAX_AGE says so.
+DATABASES["default"]["CONN_MAX_AGE"] = env_int(
+    "DATABASE_CONN_MAX_AGE", 600 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else 0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -155,6 +155,8 @@ class StreamRecorder:
         delay = self._retry_at - self._writer.loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
+        if self._failure or not (self._pending or self._in_flight):
+            return
         written = self._writer.loop.create_future()
         self._waiters.append(written)
         if self._pending:
