@@ -202,6 +202,9 @@ async def recorder_cost(system: System, config: BenchConfig, saturation: float,
     statements: Counter[str] = Counter()
     for run in runs[True]:
         statements.update((run["statements"] or {}).get("byStatement", {}))
+    # What starting and finishing an answer costs whatever its length: the same streams, two tokens each.
+    short = await phases.relay(system, streams=config.streams, tokens=2, rate=rate, stagger=1 / rate)
+    fixed_per_answer = (short["statements"] or {}).get("total")
     say(f"{system.name}: recorder at {config.streams} streams x {rate:g} tokens/s, CPU {on} us/token on, "
         f"{off} us/token off" + (f": it costs {cost:.0%}" if cost is not None else ""))
     return {"streams": config.streams, "rate": rate, "tokensPerStream": tokens,
@@ -212,6 +215,8 @@ async def recorder_cost(system: System, config: BenchConfig, saturation: float,
             "statements": {"total": sum(statements.values()), "byStatement": dict(statements.most_common())},
             "chunks": sum(run["chunks"] for run in runs[True]),
             "tokens": sum(run["tokens"] for run in runs[True]),
+            "answers": config.streams * len(runs[True]),
+            "statementsPerShortAnswer": round(fixed_per_answer / config.streams, 1) if fixed_per_answer else None,
             "latencyP99MsOn": [run["latencyMs"]["p99"] for run in runs[True]],
             "latencyP99MsOff": [run["latencyMs"]["p99"] for run in runs[False]]}
 
