@@ -614,17 +614,20 @@ class ReplyRun:
             arguments = tools.check_arguments(spec, arguments)
             approver_id = None
             if spec.runs_on_client:
-                waited = announced = True
-                answer = await self._wait_for_person(call_id, name, PendingToolCall.Kind.CLIENT, input_available)
+                waited = True
+                waiting = await self._open_wait(call_id, name, PendingToolCall.Kind.CLIENT)
+                self.emit(input_available)
+                announced = True
+                answer = await self._wait_for_person(call_id, waiting, PendingToolCall.Kind.CLIENT)
                 output = tools.cap_output(answer.answer.get("output"))
                 self._emit_output(call_id, output, final=True)
                 return output
             if spec.approval_required(arguments):
                 waited = True
                 approval_id = f"approval-{call_id}"
-                answer = await self._wait_for_person(
-                    call_id, name, PendingToolCall.Kind.APPROVAL,
-                    {"type": "tool-approval-request", "approvalId": approval_id, "toolCallId": call_id})
+                waiting = await self._open_wait(call_id, name, PendingToolCall.Kind.APPROVAL)
+                self.emit({"type": "tool-approval-request", "approvalId": approval_id, "toolCallId": call_id})
+                answer = await self._wait_for_person(call_id, waiting, PendingToolCall.Kind.APPROVAL)
                 approved = bool(answer.answer.get("approved"))
                 self.emit({"type": "tool-approval-response", "approvalId": approval_id, "approved": approved})
                 if not approved:
@@ -652,17 +655,22 @@ class ReplyRun:
             if waited:
                 await self._publish_progress()
 
-    async def _wait_for_person(
-        self, tool_call_id: str, tool_name: str, kind: str, request: dict[str, Any]
-    ) -> ToolAnswer:
-        """Wait for `tool.approval` or `tool.result` from anyone who can see the room, on any worker.
-        The `request` chunk that asks for it goes out only once an answer would be taken."""
+    async def _open_wait(self, tool_call_id: str, tool_name: str, kind: str) -> asyncio.Future[ToolAnswer]:
+        """Make a call answerable: from here on a `tool.approval` or `tool.result` for it is taken, so
+        the chunk that asks for the answer goes out after this, never before (a client may answer at once)."""
         waiting: asyncio.Future[ToolAnswer] = asyncio.get_running_loop().create_future()
         self.waiting[tool_call_id] = waiting
         try:
             await database_sync_to_async(services.tool_wait_begin, thread_sensitive=False)(
                 start=self.start, tool_call_id=tool_call_id, tool_name=tool_name, kind=kind)
-            self.emit(request)
+        except BaseException:
+            self.waiting.pop(tool_call_id, None)
+            raise
+        return waiting
+
+    async def _wait_for_person(self, tool_call_id: str, waiting: asyncio.Future[ToolAnswer], kind: str) -> ToolAnswer:
+        """Wait for `tool.approval` or `tool.result` from anyone who can see the room, on any worker."""
+        try:
             await self.recorder.flush()  # a viewer who joins now replays the request and can answer it
             await self._publish_progress()
             try:

@@ -173,10 +173,10 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
         recorder = cost["recorder"]
         for phase, label in (("relay", "relay"), ("load", "load"),
                              ("halfSpeed", f"{recorder['streams']}x{recorder['rate']:g}/s (half speed)")):
-            rows.append([f"{label}: SQL statements/chunk | /token", f"{_number(cost['statementsPerChunk'][phase], 3)}"
-                         f" | {_number(cost['statementsPerToken'].get(phase), 3)}", "0", "0", "-", "-"])
-        rows.append(["SQL statements per answer (start and finish) | per chunk beyond them",
-                     f"{_number(cost.get('statementsPerAnswer'))} | {_number(cost.get('statementsPerChunkBeyondAnswers'), 3)}",
+            rows.append([f"{label}: SQL statements per chunk / per token", f"{_number(cost['statementsPerChunk'][phase], 3)}"
+                         f" / {_number(cost['statementsPerToken'].get(phase), 3)}", "0", "0", "-", "-"])
+        rows.append(["SQL statements per answer (start and finish) / per chunk beyond them",
+                     f"{_number(cost.get('statementsPerAnswer'))} / {_number(cost.get('statementsPerChunkBeyondAnswers'), 3)}",
                      "0", "0", "-", "-"])
         rows.append([f"recorder at {recorder['streams']}x{recorder['rate']:g}/s: CPU us/token on / off",
                      f"{_number(recorder['cpuUsPerTokenOn'])} / {_number(recorder['cpuUsPerTokenOff'])}",
@@ -286,8 +286,10 @@ def write_chart(results: dict[str, Any], path: Path) -> bool:
     bars(axes[1][1], "idle: KiB/connection", names,
          [(figure(results["idle"][name], "bytesPerConnection") or 0) / KIB for name in names], 64, "64 KiB")
     if "skipped" not in cost:
-        bars(axes[1][2], "app: SQL statements/chunk", ["full speed", "load", "half speed"],
-             [cost["statementsPerChunk"][phase] for phase in ("relay", "load", "halfSpeed")], 0.2, "0.2")
+        bars(axes[1][2], "app: SQL statements", ["full speed\nper token", "load\nper token",
+                                                 "half speed\nper chunk", "beyond\nanswers"],
+             [cost["statementsPerToken"].get("relay"), cost["statementsPerToken"].get("load"),
+              cost["statementsPerChunk"].get("halfSpeed"), cost.get("statementsPerChunkBeyondAnswers")], 0.2, "0.2")
     else:
         axes[1][2].axis("off")
     figure_.suptitle(f"benchstream: {results['meta']['database']}, {results['meta']['channelLayer']} layer, "
