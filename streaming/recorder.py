@@ -242,16 +242,26 @@ class ChunkWriter:
         return writer
 
     def schedule(self, recorder: StreamRecorder) -> None:
+        """A stream has chunks to store: only its own time is looked at, so adding a chunk costs the
+        same however many streams the process has."""
         self._recorders[recorder] = None
-        self._wake()
+        ready_at = recorder._ready_at()
+        if self._task is None and ready_at is not None:  # a write under way looks again when it ends
+            self._arm(ready_at)
 
     def _wake(self) -> None:
-        if self._task is not None:  # the write under way looks again when it ends
+        """After a timer or a write: look at every stream."""
+        if self._task is not None:
             return
         ready_at = self._next_ready_at()
         if ready_at is None:
             self._cancel_timer()
-        elif ready_at <= self.loop.time():
+        else:
+            self._arm(ready_at)
+
+    def _arm(self, ready_at: float) -> None:
+        """Write now if `ready_at` has come, else make sure the timer goes off by then."""
+        if ready_at <= self.loop.time():
             self._cancel_timer()
             self._task = self.loop.create_task(self._write_while_due(), name="chunk-writer")
         elif self._timer is None or self._timer.when() > ready_at:
