@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
 
 from chatrooms.scripted_model_server import ScriptedReply
 
@@ -41,8 +41,18 @@ async def database_locked() -> AsyncIterator[None]:
             else:
                 db = connections.create_connection("default")
                 db.set_autocommit(False)
-                with db.cursor() as cursor:
-                    cursor.execute("LOCK TABLE streaming_streamchunk, streaming_stream IN ACCESS EXCLUSIVE MODE")
+                # The tables are locked one after the other: a worker's transaction that holds a lock on
+                # one and wants the other makes PostgreSQL end one side as a deadlock. When that side is
+                # this lock, take it again (the worker's side retries on its own).
+                for attempt in range(5):
+                    try:
+                        with db.cursor() as cursor:
+                            cursor.execute("LOCK TABLE streaming_stream, streaming_streamchunk IN ACCESS EXCLUSIVE MODE")
+                        break
+                    except OperationalError as error:
+                        db.rollback()
+                        if "deadlock detected" not in str(error) or attempt == 4:
+                            raise
                 acquired.set()
                 release.wait()
                 db.rollback()
