@@ -24,6 +24,9 @@ class ScriptedReply:
     fail_after: int | None = None  # drop the connection after this many text tokens
     status: int = 200  # a non-200 answers at once with an OpenAI-style error body
     hold_open: bool = False  # after the tokens, keep the response open until the client leaves
+    reasoning_field: str = "reasoning_content"  # some servers (vLLM, Groq) call it "reasoning"
+    usage: bool = True  # send a usage chunk before [DONE]
+    drop_after_finish: bool = False  # close the connection after the finish chunk, with no [DONE]
 
 
 def echo_reply(request_body: dict[str, Any]) -> ScriptedReply:
@@ -152,7 +155,7 @@ class ScriptedModelServer:
         await response.write(self._frame({"role": "assistant", "content": ""}))
         for piece in reply.reasoning:
             await self._pause(request, reply.delay)
-            await response.write(self._frame({"reasoning_content": piece}))
+            await response.write(self._frame({reply.reasoning_field: piece}))
         for sent, token in enumerate(reply.tokens):
             if reply.fail_after is not None and sent >= reply.fail_after:
                 request.transport.close()  # type: ignore[union-attr]
@@ -175,6 +178,13 @@ class ScriptedModelServer:
             await self._pause(request, 0.02)
         finish_reason = "tool_calls" if reply.tool_calls else "stop"
         await response.write(self._frame({}, finish_reason))
+        if reply.drop_after_finish:
+            request.transport.close()  # type: ignore[union-attr]
+            return
+        if not reply.usage:
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return
         usage = {
             "prompt_tokens": 10,
             "completion_tokens": len(reply.tokens),
