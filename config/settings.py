@@ -173,7 +173,7 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "BACKEND": "streaming.layers.OneProcessChannelLayer",
             "CONFIG": {"capacity": env_int("CHANNEL_CAPACITY", 1000),
                        "group_expiry": env_int("CHANNEL_GROUP_EXPIRY_SECONDS", 86400)},
         }

@@ -50,7 +50,7 @@ class BenchConfig:
     password: str = ""
     server_pid: int | None = None
     model_port: int | None = None
-    profile: bool = False  # py-spy on the app during one more full-speed relay run
+    profile: bool = False  # py-spy on the app during one more full-speed relay run and one more load run
     command: str = ""
     quick: bool = False
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d%H%M%S"))
@@ -139,7 +139,11 @@ async def measure(systems: list[System], config: BenchConfig, say: Callable[[str
             measured[system.name].update(await recorder_runs(
                 system, config, measured[system.name]["relay"]["tokensPerSecond"], say))
         if config.profile and isinstance(system, AppSystem):
-            measured[system.name]["profile"] = await profile_relay(system, config, say)
+            measured[system.name]["profile"] = await profile_run(
+                system, config, say, "relay", streams=config.streams, tokens=config.tokens)
+            measured[system.name]["profileLoad"] = await profile_run(
+                system, config, say, "load", streams=config.load_streams, tokens=config.load_tokens,
+                rate=config.load_rate, stagger=config.load_stagger)
     for system in systems:
         measured[system.name]["fanout"] = fanout = await phases.fanout(system, watchers=config.watchers,
                                                                        tokens=config.tokens)
@@ -227,25 +231,28 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**median, "runsTokensPerSecond": [run["tokensPerSecond"] for run in runs]}
 
 
-async def profile_relay(system: System, config: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
-    """One more full-speed relay run with py-spy sampling the server: where its CPU time goes."""
+async def profile_run(system: System, config: BenchConfig, say: Callable[[str], None], name: str,
+                      **relay: Any) -> dict[str, Any]:
+    """One more relay run (`relay`: phases.relay's sizes) with py-spy sampling the server: where its CPU time goes."""
     py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if py_spy is None or system.pid is None:
         return {"skipped": "py-spy is not installed (pip install -e '.[bench]')"}
-    folded = config.out_dir / f"profile-{system.name}-relay.folded"
+    folded = config.out_dir / f"profile-{system.name}-{name}.folded"
     sampler = subprocess.Popen(
         [py_spy, "record", "--pid", str(system.pid), "--rate", "200", "--format", "raw", "--output", str(folded),
          "--full-filenames", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         await asyncio.sleep(1)  # py-spy attaches
-        run = await phases.relay(system, streams=config.streams, tokens=config.tokens)
+        run = await phases.relay(system, **relay)
     finally:
         sampler.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
         _out, errors = await asyncio.to_thread(sampler.communicate, timeout=60)
     if not folded.exists():
         return {"skipped": f"py-spy wrote nothing: {errors.decode(errors='replace')[-500:]}"}
-    say(f"{system.name}: profiled relay run, {run['tokensPerSecond']:,.0f} tokens/s under py-spy; stacks in {folded}")
+    say(f"{system.name}: profiled {name} run, {run['tokensPerSecond']:,.0f} tokens/s and latency p99 "
+        f"{run['latencyMs']['p99']} ms under py-spy; stacks in {folded}")
     return {"file": folded.name, "tokensPerSecondWhileSampled": run["tokensPerSecond"],
+            "latencyP99MsWhileSampled": run["latencyMs"]["p99"],
             **summarise_folded_stacks(folded.read_text())}
 
 

@@ -106,7 +106,7 @@ async def test_watcher_stalled_past_the_layers_expiry_resyncs(cluster, sam):
 
 
 async def test_in_memory_group_expiry_does_not_cut_a_connection_off(scripted_model, connect, settings):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer",
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "streaming.layers.OneProcessChannelLayer",
                                            "CONFIG": {"group_expiry": 2}}}
     user = await database_sync_to_async(make_user)()
     room = await database_sync_to_async(make_room)(user)
