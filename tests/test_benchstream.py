@@ -52,9 +52,9 @@ def test_quick_run_measures_every_section_against_both_baselines_and_cleans_up(t
 
     for section, paths in COMPARED.items():
         for path in paths:
-            for system in ("app", "A", "B"):
+            for system in ("app", "A", "B", "C"):
                 assert is_number(figure(results[section][system], path)), (section, system, path)
-            for baseline in ("app/A", "app/B"):
+            for baseline in ("app/A", "app/B", "app/C"):
                 assert is_number(results[section]["ratios"][baseline][path]), (section, baseline, path)
     cost = results["cost"]
     for phase in ("relay", "load", "halfSpeed"):
@@ -66,13 +66,13 @@ def test_quick_run_measures_every_section_against_both_baselines_and_cleans_up(t
     assert all(is_number(value) for ratios in cost["ratios"].values() for value in ratios.values())
 
     for section in ("relay", "fanout", "load"):
-        for system in ("app", "A", "B"):
+        for system in ("app", "A", "B", "C"):
             measured = results[section][system]
             assert measured["tokensLost"] == 0 and measured["duplicates"] == 0, (section, system)
     assert results["relay"]["app"]["statuses"] == {"complete": results["relay"]["app"]["streams"]}
     assert {target["met"] for target in results["targets"]} <= {True, False}
 
     assert "tokens/s" in completed.stdout  # the table
-    assert set(results["processes"]) == {"modelServer", "A", "B", "app"}
+    assert set(results["processes"]) == {"modelServer", "A", "B", "C", "app"}
     assert all(process_gone(pid) for pid in results["processes"].values()), results["processes"]
     assert not (out / "bench.sqlite3").exists()

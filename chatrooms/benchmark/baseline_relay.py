@@ -1,4 +1,4 @@
-"""benchstream's baselines: a minimal WebSocket relay of a model's stream, reading the SSE itself (A) or through litellm (B)."""
+"""benchstream's baselines: a minimal WebSocket relay of a model's stream, reading the SSE itself (A), through litellm (B), or litellm's provider stream as the app does (C)."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,14 @@ from typing import Any, Protocol
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from .model_server import MODEL
+
+
+# --source: the baseline's name and what it is.
+SOURCES = {
+    "sse": ("A", "A: minimal relay, own SSE parser"),
+    "litellm": ("B", "B: minimal relay through litellm"),
+    "litellm-provider": ("C", "C: minimal relay, litellm's provider stream (as the app reads it)"),
+}
 
 
 class DeltaSource(Protocol):
@@ -105,10 +113,16 @@ class SseSource:
 
 
 class LitellmSource:
-    """B: the same stream through litellm.acompletion(stream=True), configured as the app configures it."""
+    """B: the same stream through litellm.acompletion(stream=True), configured as the app configures it.
 
-    def __init__(self, model_url: str) -> None:
+    C (`provider_stream`): the same call, its chunks read as the app reads an OpenAI-compatible
+    server's (`chatrooms.assistant.model_chunks`): the openai SDK's stream under litellm's wrapper.
+    What any relay that reaches the model through litellm pays at the least.
+    """
+
+    def __init__(self, model_url: str, *, provider_stream: bool = False) -> None:
         self.model_url = model_url
+        self.provider_stream = provider_stream
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price list from the network
         import litellm
 
@@ -124,9 +138,13 @@ class LitellmSource:
             model=f"openai/{MODEL}", api_base=self.model_url, api_key="k", max_retries=0, stream=True,
             stream_options={"include_usage": True}, messages=[{"role": "user", "content": text}],
         )
-        async for part in response:
-            if part.choices and part.choices[0].delta.content:
-                yield [part.choices[0].delta.content]
+        chunks = response.completion_stream if self.provider_stream else response
+        try:
+            async for part in chunks:
+                if part.choices and part.choices[0].delta.content:
+                    yield [part.choices[0].delta.content]
+        finally:
+            await response.aclose()
 
     async def close(self) -> None:
         """litellm keeps its clients for the life of the process."""
@@ -227,7 +245,8 @@ class BaselineRelay:
 
 
 async def run(source_name: str, port: int, model_url: str) -> None:
-    source: DeltaSource = SseSource(model_url) if source_name == "sse" else LitellmSource(model_url)
+    source: DeltaSource = (SseSource(model_url) if source_name == "sse"
+                           else LitellmSource(model_url, provider_stream=source_name == "litellm-provider"))
     relay = BaselineRelay(source)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -240,9 +259,9 @@ async def run(source_name: str, port: int, model_url: str) -> None:
 
 
 def main() -> None:
-    """python -m chatrooms.benchmark.baseline_relay --source sse|litellm --port P --model-url URL"""
+    """python -m chatrooms.benchmark.baseline_relay --source sse|litellm|litellm-provider --port P --model-url URL"""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--source", choices=["sse", "litellm"], required=True)
+    parser.add_argument("--source", choices=sorted(SOURCES), required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--model-url", required=True, help="the model server's base URL, ending in /v1")
     arguments = parser.parse_args()

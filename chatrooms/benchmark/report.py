@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .runner import BenchConfig
 
-BASELINES = ("A", "B")
+BASELINES = ("A", "B", "C")
 # Figures compared with the baselines, by section; a ratio is always the app's figure divided by the
 # baseline's (above 1: more tokens per second, or more milliseconds, or more bytes than the baseline).
 RATIO_FIGURES = {
@@ -143,9 +143,10 @@ def _number(value: Any, digits: int = 1) -> str:
 
 
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
-    """Metric, app, A, B, app/A, app/B: one row per figure."""
+    """Metric, app, each baseline, app/each baseline: one row per figure."""
     meta = results["meta"]["sizes"]
     rows: list[list[str]] = []
+    zeros, dashes = ["0"] * len(BASELINES), ["-"] * len(BASELINES)
 
     def add(section: str, label: str, path: str, scale: float = 1, with_ratio: bool = True) -> None:
         entry = results[section]
@@ -174,27 +175,29 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
         for phase, label in (("relay", "relay"), ("load", "load"),
                              ("halfSpeed", f"{recorder['streams']}x{recorder['rate']:g}/s (half speed)")):
             rows.append([f"{label}: SQL statements per chunk / per token", f"{_number(cost['statementsPerChunk'][phase], 3)}"
-                         f" / {_number(cost['statementsPerToken'].get(phase), 3)}", "0", "0", "-", "-"])
+                         f" / {_number(cost['statementsPerToken'].get(phase), 3)}", *zeros, *dashes])
         rows.append(["SQL statements per answer (start and finish) / per chunk beyond them",
                      f"{_number(cost.get('statementsPerAnswer'))} / {_number(cost.get('statementsPerChunkBeyondAnswers'), 3)}",
-                     "0", "0", "-", "-"])
+                     *zeros, *dashes])
         rows.append([f"recorder at {recorder['streams']}x{recorder['rate']:g}/s: CPU us/token on / off",
                      f"{_number(recorder['cpuUsPerTokenOn'])} / {_number(recorder['cpuUsPerTokenOff'])}",
-                     "-", "-", "-", "-"])
+                     *dashes, *dashes])
         rows.append(["recorder cost (CPU per token)", f"{cost['recorderCost']:.0%}" if cost["recorderCost"] is not None
-                     else "-", "-", "-", "-", "-"])
+                     else "-", *dashes, *dashes])
         rows.append(["relay without recorder: tokens/s", _number(cost["recorderOffTokensPerSecond"]),
-                     _number(figure(results["relay"]["A"], "tokensPerSecond")),
-                     _number(figure(results["relay"]["B"], "tokensPerSecond")),
-                     _number(cost["ratios"]["app/A"]["recorderOffTokensPerSecond"], 2),
-                     _number(cost["ratios"]["app/B"]["recorderOffTokensPerSecond"], 2)])
+                     *[_number(figure(results["relay"][b], "tokensPerSecond")) for b in BASELINES],
+                     *[_number(cost["ratios"][f"app/{b}"]["recorderOffTokensPerSecond"], 2) for b in BASELINES]])
         rows.append(["relay without recorder: tokens lost",
-                     f"{cost['recorderOffTokensLost']:,} of {cost['recorderOffTokens']:,}", "-", "-", "-", "-"])
+                     f"{cost['recorderOffTokensLost']:,} of {cost['recorderOffTokens']:,}", *dashes, *dashes])
     return rows
 
 
+def table_header() -> list[str]:
+    return ["", "app", *BASELINES, *[f"app/{baseline}" for baseline in BASELINES]]
+
+
 def format_table(results: dict[str, Any]) -> str:
-    header = ["", "app", "A", "B", "app/A", "app/B"]
+    header = table_header()
     rows = [header, *table_rows(results)]
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[0]) if column == 0 else cell.rjust(widths[column])
@@ -209,8 +212,8 @@ def format_table(results: dict[str, Any]) -> str:
 
 def format_markdown_table(results: dict[str, Any]) -> str:
     """The same table in Markdown, for docs/benchmarks.md."""
-    header = ["", "app", "A", "B", "app/A", "app/B"]
-    rows = [header, ["---", *["---:"] * 5], *table_rows(results)]
+    header = table_header()
+    rows = [header, ["---", *["---:"] * (len(header) - 1)], *table_rows(results)]
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
@@ -242,8 +245,8 @@ def write_chart(results: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    names = ["A", "B", "app"]
-    colours = {"A": "#8c8c8c", "B": "#5b8fd6", "app": "#e07b39"}
+    names = [*BASELINES, "app"]
+    colours = {"A": "#8c8c8c", "B": "#5b8fd6", "C": "#7fb3a3", "app": "#e07b39"}
     figure_, axes = plt.subplots(2, 3, figsize=(11, 6), dpi=72)
     meta = results["meta"]["sizes"]
 
@@ -271,11 +274,11 @@ def write_chart(results: dict[str, Any], path: Path) -> bool:
     axis = axes[0][2]
     for offset, percentile in ((-0.2, "p50"), (0.2, "p99")):
         values = [figure(results["load"][name], f"latencyMs.{percentile}") or 0 for name in names]
-        axis.bar([position + offset for position in range(3)], values, width=0.4, label=percentile,
+        axis.bar([position + offset for position in range(len(names))], values, width=0.4, label=percentile,
                  color=[colours[name] for name in names], alpha=0.55 if percentile == "p50" else 1)
         for position, value in enumerate(values):
             axis.annotate(_number(value), (position + offset, value), ha="center", va="bottom", fontsize=7)
-    axis.set_xticks(range(3), names)
+    axis.set_xticks(range(len(names)), names)
     axis.set_yscale("log")
     axis.axhline(25, color="#c0392b", linestyle="--", linewidth=1)
     axis.set_title(f"load {meta['load_streams']}x{meta['load_rate']:g}/s: p50 | p99 ms (log) [-- 25 ms]", fontsize=10)

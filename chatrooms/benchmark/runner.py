@@ -81,6 +81,7 @@ def run_benchmark(config: BenchConfig, say: Callable[[str], None] = print) -> di
         systems = [
             BaselineSystem(source="sse", model_url=model_server.base_url, out_dir=config.out_dir),
             BaselineSystem(source="litellm", model_url=model_server.base_url, out_dir=config.out_dir),
+            BaselineSystem(source="litellm-provider", model_url=model_server.base_url, out_dir=config.out_dir),
             ExternalApp(url=config.url, username=config.username, password=config.password, pid=config.server_pid)
             if config.url else
             AppSystem(model_url=model_server.base_url, database_url=database_url, redis_url=config.redis_url,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..server_processes import ROOT, DaphneProcess, ServerProcess, free_port
+from .baseline_relay import SOURCES
 from .clients import Account, ChatClient
 from .model_server import MODEL
 
@@ -195,8 +196,7 @@ class BaselineSystem(System):
     """A baseline relay (chatrooms.benchmark.baseline_relay) in a process of its own."""
 
     def __init__(self, *, source: str, model_url: str, out_dir: Path) -> None:
-        self.name = "A" if source == "sse" else "B"
-        self.label = "A: minimal relay, own SSE parser" if source == "sse" else "B: minimal relay through litellm"
+        self.name, self.label = SOURCES[source]
         port = free_port()
         self.process = ServerProcess(
             [sys.executable, "-m", "chatrooms.benchmark.baseline_relay", "--source", source, "--port", str(port),
