@@ -241,7 +241,7 @@ async def profile_run(system: System, config: BenchConfig, say: Callable[[str], 
     folded = config.out_dir / f"profile-{system.name}-{name}.folded"
     sampler = subprocess.Popen(
         [py_spy, "record", "--pid", str(system.pid), "--rate", "200", "--format", "raw", "--output", str(folded),
-         "--full-filenames", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+         "--full-filenames", "--nonblocking", "--gil"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         await asyncio.sleep(1)  # py-spy attaches
         run = await phases.relay(system, **relay)
