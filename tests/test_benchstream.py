@@ -76,3 +76,26 @@ def test_quick_run_measures_every_section_against_both_baselines_and_cleans_up(t
     assert set(results["processes"]) == {"modelServer", "A", "B", "C", "app"}
     assert all(process_gone(pid) for pid in results["processes"].values()), results["processes"]
     assert not (out / "bench.sqlite3").exists()
+
+
+def test_a_profile_is_summed_by_the_apps_own_function_nearest_each_sample():
+    from chatrooms.benchmark.profile import summarise_folded_stacks
+
+    site = "/venv/lib/python3.11/site-packages"
+    run = "Handle._run (/usr/lib/python3.11/asyncio/events.py:80)"
+    step = f"ReplyRun._model_step ({ROOT}/chatrooms/assistant.py:540)"
+    listing = f"room_list_for_user ({ROOT}/chatrooms/selectors.py:80)"
+    counter = f"StatementCounter.__call__ ({ROOT}/chatrooms/benchmark/server_app.py:40)"
+    folded = "\n".join([
+        f"{run};{step};AsyncStream.__stream__ ({site}/openai/_streaming.py:150) 6",
+        f"{run};{listing};QuerySet._fetch_all ({site}/django/db/models/query.py:1952);{counter};"
+        f"execute ({site}/django/db/backends/sqlite3/base.py:350) 3",
+        f"{run};select ({site}/twisted/internet/epollreactor.py:10) 1",
+    ])
+    summary = summarise_folded_stacks(folded)
+    assert summary["samples"] == 10
+    assert summary["byInnermostProjectFunction"] == [
+        {"name": "ReplyRun._model_step (chatrooms/assistant.py)", "share": 0.6},
+        {"name": "room_list_for_user (chatrooms/selectors.py)", "share": 0.3},  # not benchstream's counter
+        {"name": "(outside the app's code) twisted", "share": 0.1},
+    ]

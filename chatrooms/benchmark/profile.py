@@ -9,6 +9,7 @@ from ..server_processes import ROOT
 
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 STDLIB = re.compile(r"/lib/python3\.\d+/")
+PROJECT_PACKAGES = {"chatrooms", "streaming", "config"}
 
 
 def _frame_parts(frame: str) -> tuple[str, str]:
@@ -30,14 +31,26 @@ def _frame_parts(frame: str) -> tuple[str, str]:
     return f"{found.group('function')} ({short})", package
 
 
+def _innermost_project_function(frames: list[tuple[str, str]]) -> str:
+    """The app's own function nearest the leaf: which of its code paths a sample's time went to,
+    the libraries it called included. benchstream's hooks (its statement counter wraps every SQL
+    statement) are not the app's. A sample with no such frame: its leaf's package."""
+    for function, package in reversed(frames):
+        if package in PROJECT_PACKAGES and not function.split(" (", 1)[-1].startswith("chatrooms/benchmark/"):
+            return function
+    return f"(outside the app's code) {frames[-1][1]}"
+
+
 def summarise_folded_stacks(text: str, top: int = 20) -> dict[str, Any]:
-    """Self and inclusive shares of the samples, by function and by package, biggest first."""
+    """Self and inclusive shares of the samples, by function and by package, and by the app's own
+    function nearest the leaf, biggest first."""
     total = 0
     self_by_function: Counter[str] = Counter()
     self_by_package: Counter[str] = Counter()
     inclusive_by_function: Counter[str] = Counter()
     inclusive_by_package: Counter[str] = Counter()
     self_by_caller: Counter[tuple[str, str]] = Counter()  # (function, the frame that called it)
+    by_project_function: Counter[str] = Counter()
     for line in text.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -53,6 +66,7 @@ def summarise_folded_stacks(text: str, top: int = 20) -> dict[str, Any]:
         caller = next((function for function, package in reversed(frames[:-1]) if package != leaf_package), "-")
         self_by_caller[(leaf_function, caller)] += count
         self_by_package[leaf_package] += count
+        by_project_function[_innermost_project_function(frames)] += count
         for function in {function for function, _package in frames}:
             inclusive_by_function[function] += count
         for package in {package for _function, package in frames}:
@@ -67,6 +81,7 @@ def summarise_folded_stacks(text: str, top: int = 20) -> dict[str, Any]:
         "inclusiveByPackage": shares(inclusive_by_package),
         "selfByFunction": shares(self_by_function),
         "inclusiveByFunction": shares(inclusive_by_function),
+        "byInnermostProjectFunction": shares(by_project_function),
         "selfByFunctionAndCaller": [
             {"name": function, "calledFrom": caller, "share": round(count / total, 4)}
             for (function, caller), count in self_by_caller.most_common(top)
