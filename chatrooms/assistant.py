@@ -40,7 +40,10 @@ PART_OVERHEAD_BYTES = 64
 HELD_DELTA_MAX_CHARS = 4096
 
 FINISH_REASONS = {"stop": "stop", "tool_calls": "tool-calls", "function_call": "tool-calls",
-                  "length": "length", "content_filter": "content-filter"}
+                  "length": "length", "content_filter": "content-filter",
+                  # Other names some OpenAI-compatible servers send (litellm's wrapper maps them too).
+                  "eos": "stop", "eos_token": "stop", "end_turn": "stop", "stop_sequence": "stop",
+                  "max_tokens": "length", "tool_use": "tool-calls"}
 
 
 @cache
@@ -534,6 +537,7 @@ class ReplyRun:
             raise
         except Exception as error:
             raise ModelFailure(_describe_model_error(error)) from error
+        reasoning_parts: list[str] = []
         finished = False
         chunks, wrapped = model_chunks(response)
         try:
@@ -542,20 +546,24 @@ class ReplyRun:
                 if not part.choices:
                     continue
                 choice = part.choices[0]
-                delta = choice.delta
-                reasoning = reasoning_of(delta)
-                if reasoning:
-                    self._delta("reasoning", reasoning)
-                if delta.content:
-                    text_parts.append(delta.content)
-                    self._delta("text", delta.content)
-                for call in delta.tool_calls or []:
-                    self._tool_call_delta(calls, call)
+                delta = choice.delta  # None in a server's bare finish chunk, read past litellm's wrapper
+                if delta is not None:
+                    reasoning = reasoning_of(delta)
+                    if reasoning:
+                        reasoning_parts.append(reasoning)
+                        self._delta("reasoning", reasoning)
+                    if delta.content:
+                        text_parts.append(delta.content)
+                        self._delta("text", delta.content)
+                    for position, call in enumerate(delta.tool_calls or []):
+                        self._tool_call_delta(calls, call, position)
+                if choice.finish_reason == "error":  # how some servers (OpenRouter) end a failed stream
+                    raise ModelFailure("The model stopped with an error before finishing its answer.")
                 if choice.finish_reason:
                     finish_reason = choice.finish_reason
                     finished = True
                 await self.recorder.wait_for_room()
-        except (asyncio.CancelledError, AnswerLimitReached, StreamStorageError):
+        except (asyncio.CancelledError, AnswerLimitReached, StreamStorageError, ModelFailure):
             raise
         except Exception as error:
             # A server that drops the connection after its last chunk has still said everything.
@@ -566,8 +574,10 @@ class ReplyRun:
             await asyncio.shield(_close_quietly(response))
         text = "".join(text_parts)
         if usage is None and not wrapped:
-            # litellm's wrapper estimates what a server does not report; the chunks read past it do not.
-            usage = await asyncio.to_thread(_estimated_usage, model_for_room(self.start.model), messages, text)
+            # litellm's wrapper estimates what a server does not report; the chunks read past it do
+            # not. Like the wrapper, the answer's output is its text, reasoning and tool calls.
+            output = "".join([text, *reasoning_parts, *(call["name"] + call["arguments"] for call in calls.values())])
+            usage = await asyncio.to_thread(_estimated_usage, model_for_room(self.start.model), messages, output)
         self._count_usage(usage)
         return [calls[index] for index in sorted(calls)], finish_reason, text
 
@@ -580,8 +590,12 @@ class ReplyRun:
         self.usage["totalTokens"] += getattr(usage, "total_tokens", 0) or 0
         self.emit_data("usage", {"model": model_for_room(self.start.model), **self.usage}, id="usage")
 
-    def _tool_call_delta(self, calls: dict[int, dict[str, Any]], call: Any) -> None:
-        index = getattr(call, "index", None) or 0
+    def _tool_call_delta(self, calls: dict[int, dict[str, Any]], call: Any, position: int) -> None:
+        """One tool call's delta; `position`, its place in its chunk, numbers a call the server sent
+        without an index (as litellm's wrapper does)."""
+        index = getattr(call, "index", None)
+        if index is None:
+            index = position
         function = getattr(call, "function", None)
         name = getattr(function, "name", None)
         arguments = getattr(function, "arguments", None) or ""
@@ -705,13 +719,15 @@ class ReplyRun:
 def model_chunks(response: Any) -> tuple[Any, bool]:
     """The chunks to read of a streamed litellm response, and whether they are litellm's wrapped ones.
 
-    For an OpenAI-compatible server litellm's provider stream is the openai SDK's own stream of
-    `ChatCompletionChunk`s, already in the shape the wrapper turns every provider's chunks into.
+    For an OpenAI-compatible server (every provider litellm serves through its OpenAI client)
+    litellm's provider stream is the openai SDK's own stream of `ChatCompletionChunk`s, already in
+    the shape the wrapper turns every provider's chunks into.
     Reading it directly skips the wrapper's per-chunk rebuilding and its end-of-stream reassembly of
     the whole response for litellm's logging, which the app does not use: three quarters of the CPU
     of relaying a token (docs/benchmarks.md). litellm still makes the call: the provider's
-    parameters, authentication, errors on connect and the HTTP client. Every other provider's chunks
-    go through the wrapper.
+    parameters, authentication, errors on connect and the HTTP client. What of the wrapper's work
+    the app needs, `_model_step` does (docs/architecture.md, "litellm"). Every other provider's
+    chunks go through the wrapper.
     """
     from openai import AsyncStream
 
@@ -729,11 +745,11 @@ def reasoning_of(delta: Any) -> str | None:
     return delta.__dict__.get("reasoning_content") or extra.get("reasoning_content") or extra.get("reasoning")
 
 
-def _estimated_usage(model: str, messages: list[dict[str, Any]], text: str) -> SimpleNamespace | None:
+def _estimated_usage(model: str, messages: list[dict[str, Any]], output: str) -> SimpleNamespace | None:
     """Token counts estimated offline as litellm's wrapper does, for a server that reports none."""
     try:
         prompt_tokens = litellm_token_counter(model)(messages)
-        completion_tokens = get_litellm().token_counter(model=model, text=text, count_response_tokens=True)
+        completion_tokens = get_litellm().token_counter(model=model, text=output, count_response_tokens=True)
     except Exception:  # an estimate is best effort: without it the answer just has no usage part
         logger.warning("estimating the token usage of %s failed", model, exc_info=True)
         return None
@@ -794,7 +810,8 @@ async def _close_quietly(response: Any) -> None:
 
 
 def _describe_model_error(error: Exception) -> str:
-    text = str(error).replace("litellm.", "").strip()
+    # httpx's errors read past litellm's wrapper often have no message: their name says what happened.
+    text = str(error).replace("litellm.", "").strip() or type(error).__name__
     return f"The model call failed: {text[:500]}" if text else "The model call failed."
 
 

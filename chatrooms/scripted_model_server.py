@@ -27,6 +27,9 @@ class ScriptedReply:
     reasoning_field: str = "reasoning_content"  # some servers (vLLM, Groq) call it "reasoning"
     usage: bool = True  # send a usage chunk before [DONE]
     drop_after_finish: bool = False  # close the connection after the finish chunk, with no [DONE]
+    # Chunks' `choices[0]` sent as they are, after the tokens and instead of the finish chunk (each
+    # choice says its own finish_reason): what some servers send and the scripted flow does not.
+    raw_choices: list[dict[str, Any]] = field(default_factory=list)
 
 
 def echo_reply(request_body: dict[str, Any]) -> ScriptedReply:
@@ -112,12 +115,15 @@ class ScriptedModelServer:
     # -- the endpoint ----------------------------------------------------------------------
 
     def _frame(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return self._chunk([{"index": 0, "delta": delta, "finish_reason": finish_reason}])
+
+    def _chunk(self, choices: list[dict[str, Any]]) -> bytes:
         payload = {
             "id": "chatcmpl-scripted",
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            "choices": choices,
         }
         return f"data: {json.dumps(payload)}\n\n".encode()
 
@@ -176,8 +182,11 @@ class ScriptedModelServer:
                 }]}))
         while reply.hold_open:
             await self._pause(request, 0.02)
-        finish_reason = "tool_calls" if reply.tool_calls else "stop"
-        await response.write(self._frame({}, finish_reason))
+        if reply.raw_choices:
+            for choice in reply.raw_choices:
+                await response.write(self._chunk([choice]))
+        else:
+            await response.write(self._frame({}, "tool_calls" if reply.tool_calls else "stop"))
         if reply.drop_after_finish:
             request.transport.close()  # type: ignore[union-attr]
             return

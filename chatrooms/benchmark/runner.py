@@ -50,7 +50,7 @@ class BenchConfig:
     password: str = ""
     server_pid: int | None = None
     model_port: int | None = None
-    profile: bool = False  # py-spy on the app during one more full-speed relay run and one more load run
+    profile: bool = False  # py-spy on the app and on C during one more full-speed relay run and one more load run
     command: str = ""
     quick: bool = False
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%d%H%M%S"))
@@ -139,7 +139,7 @@ async def measure(systems: list[System], config: BenchConfig, say: Callable[[str
         if system.can_switch_recorder:
             measured[system.name].update(await recorder_runs(
                 system, config, measured[system.name]["relay"]["tokensPerSecond"], say))
-        if config.profile and isinstance(system, AppSystem):
+        if config.profile and (isinstance(system, AppSystem) or system.name == "C"):  # the app, and its floor
             measured[system.name]["profile"] = await profile_run(
                 system, config, say, "relay", streams=config.streams, tokens=config.tokens)
             measured[system.name]["profileLoad"] = await profile_run(

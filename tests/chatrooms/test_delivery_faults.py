@@ -13,7 +13,7 @@ from tests.chatrooms.test_chat_flow import text_of
 from tests.factories import make_room, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
-IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 1000}}}
+IN_MEMORY = {"default": {"BACKEND": "streaming.layers.OneProcessChannelLayer", "CONFIG": {"capacity": 1000}}}
 
 
 def chunk_indexes(frames: list[dict]) -> list[int]:

@@ -5,17 +5,17 @@ import logging
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import InMemoryChannelLayer
 
 from chatrooms.scripted_model_server import ScriptedReply
+from streaming.layers import OneProcessChannelLayer
 from tests.chatrooms.test_chat_flow import text_of
 from tests.factories import make_room, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-class DroppingLayer(InMemoryChannelLayer):
-    """The in-memory layer, losing every fourth batch of chunks sent to a group. A queue of one message
+class DroppingLayer(OneProcessChannelLayer):
+    """The default in-memory layer, losing every fourth batch of chunks sent to a group. A queue of one message
     (below) overflowed too while consumers hopped to the shared database thread for every message;
     now that they do not, they keep up with it, and drops must be made."""
 

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 
-from chatrooms.assistant import _usage_of, get_litellm, model_chunks, provider_options, reasoning_of
+from chatrooms.assistant import _estimated_usage, _usage_of, get_litellm, model_chunks, provider_options, reasoning_of
 from chatrooms.scripted_model_server import ScriptedReply
 from tests.chatrooms.test_chat_flow import joined_room
 from tests.factories import make_user
@@ -58,17 +58,39 @@ async def test_the_chunks_past_litellms_wrapper_say_what_the_wrapped_ones_say(sc
     }
 
 
-async def ask(scripted_model, connect, reply: ScriptedReply) -> dict[str, Any]:
+async def test_the_estimate_for_a_server_that_reports_no_usage_is_litellms(scripted_model):
+    wrapped = await read_reply(scripted_model, ScriptedReply(tokens=["Hello", " there", " friend"], usage=False),
+                               wrapped=True)
+    direct = await read_reply(scripted_model, ScriptedReply(tokens=["Hello", " there", " friend"], usage=False),
+                              wrapped=False)
+    assert direct["usage"] is None  # the server said nothing: the app estimates, as the wrapper did
+    prompt, completion, _total = wrapped["usage"]
+    estimate = _estimated_usage("openai/scripted", [{"role": "user", "content": "go"}], direct["text"])
+    assert estimate.completion_tokens == completion == 3
+    assert prompt <= estimate.prompt_tokens <= prompt + 3  # counted message by message: a little high
+
+
+async def ask(scripted_model, connect, *replies: ScriptedReply) -> list[dict[str, Any]]:
+    """The frames of one answer, up to its stream.done."""
     user = await database_sync_to_async(make_user)()
     client = await connect(user)
     await joined_room(client)
-    scripted_model.enqueue(reply)
+    scripted_model.enqueue(*replies)
     await client.send({"type": "chat.send", "requestId": "q", "text": "Say hello in a few words"})
-    return (await client.receive_until("stream.done"))[-1]
+    return await client.receive_until("stream.done")
+
+
+def finish_reason_of(frames: list[dict[str, Any]]) -> str:
+    return next(f["chunk"]["finishReason"] for f in frames
+                if f["type"] == "stream.chunk" and f["chunk"]["type"] == "finish")
+
+
+def texts_of(done: dict[str, Any]) -> list[str]:
+    return [p["text"] for p in done["message"]["parts"] if p["type"] == "text"]
 
 
 async def test_a_server_that_reports_no_usage_gets_litellms_estimate(scripted_model, connect):
-    done = await ask(scripted_model, connect, ScriptedReply(tokens=["Hello", " there", " friend"], usage=False))
+    done = (await ask(scripted_model, connect, ScriptedReply(tokens=["Hello", " there", " friend"], usage=False)))[-1]
     assert done["status"] == "complete"
     usage = next(p for p in done["message"]["parts"] if p["type"] == "data-usage")["data"]
     assert usage["model"] == "openai/scripted"
@@ -77,13 +99,53 @@ async def test_a_server_that_reports_no_usage_gets_litellms_estimate(scripted_mo
     assert usage["totalTokens"] == usage["inputTokens"] + usage["outputTokens"]
 
 
+async def test_the_estimate_counts_a_steps_tool_calls_too(scripted_model, connect):
+    done = (await ask(scripted_model, connect,
+                      ScriptedReply(tool_calls=[("roll_dice", '{"sides": 20}')], usage=False),
+                      ScriptedReply(tokens=["Rolled."], usage=False)))[-1]
+    usage = next(p for p in done["message"]["parts"] if p["type"] == "data-usage")["data"]
+    assert usage["outputTokens"] >= 2 + 6  # "Rolled." and `roll_dice{"sides": 20}`, not the text alone
+
+
 async def test_a_server_that_drops_the_connection_after_its_last_chunk_still_answers(scripted_model, connect):
-    done = await ask(scripted_model, connect, ScriptedReply(tokens=["All", " said."], drop_after_finish=True))
-    assert done["status"] == "complete"
-    assert [p["text"] for p in done["message"]["parts"] if p["type"] == "text"] == ["All said."]
+    frames = await ask(scripted_model, connect, ScriptedReply(tokens=["All", " said."], drop_after_finish=True))
+    assert frames[-1]["status"] == "complete"
+    assert texts_of(frames[-1]) == ["All said."]
+    assert finish_reason_of(frames) == "stop"
 
 
 async def test_a_server_that_drops_the_connection_mid_answer_fails_it_and_keeps_the_text(scripted_model, connect):
-    done = await ask(scripted_model, connect, ScriptedReply(tokens=["Half", " of", " it"], fail_after=2))
+    done = (await ask(scripted_model, connect, ScriptedReply(tokens=["Half", " of", " it"], fail_after=2)))[-1]
     assert done["status"] == "error"
-    assert [p["text"] for p in done["message"]["parts"] if p["type"] == "text"] == ["Half of"]
+    assert texts_of(done) == ["Half of"]
+
+
+async def test_a_bare_finish_chunk_under_another_name_ends_the_answer(scripted_model, connect):
+    """A finish chunk with no delta at all, and a finish reason some servers use for "stop"."""
+    frames = await ask(scripted_model, connect, ScriptedReply(
+        tokens=["Short", " answer."], raw_choices=[{"index": 0, "finish_reason": "eos"}]))
+    assert frames[-1]["status"] == "complete"
+    assert texts_of(frames[-1]) == ["Short answer."]
+    assert finish_reason_of(frames) == "stop"
+
+
+async def test_a_stream_the_server_ends_with_finish_reason_error_fails(scripted_model, connect):
+    frames = await ask(scripted_model, connect, ScriptedReply(
+        tokens=["Partial"], raw_choices=[{"index": 0, "delta": {}, "finish_reason": "error"}]))
+    done = frames[-1]
+    assert done["status"] == "error"
+    assert texts_of(done) == ["Partial"]
+    errors = [f["chunk"]["errorText"] for f in frames if f["type"] == "stream.chunk" and f["chunk"]["type"] == "error"]
+    assert errors == ["The model stopped with an error before finishing its answer."]
+
+
+async def test_tool_calls_sent_without_an_index_stay_apart(scripted_model, connect):
+    calls = [{"id": f"call_{sides}", "type": "function",
+              "function": {"name": "roll_dice", "arguments": f'{{"sides": {sides}}}'}} for sides in (6, 8)]
+    frames = await ask(scripted_model, connect, ScriptedReply(raw_choices=[
+        {"index": 0, "delta": {"tool_calls": calls}, "finish_reason": None},
+        {"index": 0, "delta": {}, "finish_reason": "tool_calls"},
+    ]), ScriptedReply(tokens=["Rolled twice."]))
+    parts = [p for p in frames[-1]["message"]["parts"] if p["type"] == "tool-roll_dice"]
+    assert [(p["toolCallId"], p["input"]) for p in parts] == [("call_6", {"sides": 6}), ("call_8", {"sides": 8})]
+    assert all(p["state"] == "output-available" for p in parts)

@@ -38,7 +38,9 @@ async def test_a_full_queue_drops_the_message_for_that_member_only():
     assert layer.channels.get(slow) is None  # n=2 never reached it
 
 
-async def test_expired_entries_are_swept_but_not_on_every_message():
+async def test_expired_entries_are_swept_but_not_on_every_message(monkeypatch):
+    clock = [1000.0]  # the sweep's clock, moved by hand
+    monkeypatch.setattr("streaming.layers.time.monotonic", lambda: clock[0])
     layer = OneProcessChannelLayer(expiry=-1)  # every message is expired as soon as it is sent
     gone = await layer.new_channel()
     await layer.group_add("room", gone)
@@ -49,8 +51,9 @@ async def test_expired_entries_are_swept_but_not_on_every_message():
     kept = await layer.new_channel()
     await layer.group_add("room", kept)
     await layer.send(kept, {"type": "stale too"})
+    clock[0] += 0.9
     await layer.group_send("elsewhere", {"type": "x"})  # within the second: no sweep
     assert kept in layer.channels and kept in layer.groups["room"]
-    layer._swept_at -= OneProcessChannelLayer.SWEEP_INTERVAL_SECONDS  # a second later
+    clock[0] += 0.1  # a second after the last sweep
     await layer.group_send("elsewhere", {"type": "x"})
     assert kept not in layer.channels and not layer.groups.get("room")

@@ -46,8 +46,8 @@ class Command(BaseCommand):
         parser.add_argument("--server-pid", type=int, help="with --url: the server's process id, for idle memory")
         parser.add_argument("--model-port", type=int, help="port of the model server (default a free one)")
         parser.add_argument("--profile", action="store_true",
-                            help="sample the app with py-spy during one more full-speed relay run and one "
-                                 "more realistic-load run")
+                            help="sample the app and baseline C with py-spy during one more full-speed relay "
+                                 "run and one more realistic-load run")
 
     def handle(self, *args: object, **options: object) -> None:
         if options["url"] and not (options["username"] and options["password"]):
