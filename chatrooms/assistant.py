@@ -812,7 +812,7 @@ async def _close_quietly(response: Any) -> None:
 def _describe_model_error(error: Exception) -> str:
     # httpx's errors read past litellm's wrapper often have no message: their name says what happened.
     text = str(error).replace("litellm.", "").strip() or type(error).__name__
-    return f"The model call failed: {text[:500]}" if text else "The model call failed."
+    return f"The model call failed: {text[:500]}"
 
 
 async def interrupt_all(timeout: float = 20) -> None:

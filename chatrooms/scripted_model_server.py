@@ -117,13 +117,14 @@ class ScriptedModelServer:
     def _frame(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         return self._chunk([{"index": 0, "delta": delta, "finish_reason": finish_reason}])
 
-    def _chunk(self, choices: list[dict[str, Any]]) -> bytes:
+    def _chunk(self, choices: list[dict[str, Any]], **fields: Any) -> bytes:
         payload = {
             "id": "chatcmpl-scripted",
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": self.model,
             "choices": choices,
+            **fields,
         }
         return f"data: {json.dumps(payload)}\n\n".encode()
 
@@ -190,18 +191,12 @@ class ScriptedModelServer:
         if reply.drop_after_finish:
             request.transport.close()  # type: ignore[union-attr]
             return
-        if not reply.usage:
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
-            return
-        usage = {
-            "prompt_tokens": 10,
-            "completion_tokens": len(reply.tokens),
-            "total_tokens": 10 + len(reply.tokens),
-        }
-        await response.write(
-            f"data: {json.dumps({'id': 'chatcmpl-scripted', 'object': 'chat.completion.chunk', 'created': int(time.time()), 'model': self.model, 'choices': [], 'usage': usage})}\n\n".encode()
-        )
+        if reply.usage:
+            await response.write(self._chunk([], usage={
+                "prompt_tokens": 10,
+                "completion_tokens": len(reply.tokens),
+                "total_tokens": 10 + len(reply.tokens),
+            }))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
 
