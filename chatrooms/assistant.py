@@ -16,8 +16,10 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import DatabaseError, DataError, IntegrityError
 
 from streaming.recorder import StreamRecorder, StreamStorageError, stream_still_wanted
+from streaming.safe_json import UnsafeJSON, dumps_storable, loads_strict, storable
 from streaming.ui_message import UIMessageBuilder
 
 from . import events, recovery, selectors, services, titles, tools
@@ -202,19 +204,23 @@ class ReplyRun:
         self._open_parts: dict[str, str] = {}  # "text"/"reasoning" -> id of the open part
         self._held_delta: list[Any] | None = None  # [kind, part id, texts, length]: see _hold_delta
         self._part_serial = 0
+        self._tool_call_ids: set[str] = set()  # every id this answer gave a tool call: never one twice
 
     # -- chunks ------------------------------------------------------------------------------
 
     def emit(self, chunk: dict[str, Any], *, transient: bool = False) -> None:
+        """Send one chunk to viewers and the recorder. What a model, a tool or a client put in it is
+        made safe to store and send first (no NaN, lone surrogate or U+0000), and the chunk takes its
+        index only once nothing can fail any more: a number taken is a chunk stored and sent."""
         if self._held_delta is not None:
             self._release_delta()  # chunks keep their order
-        body = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
+        chunk, body = dumps_storable(chunk)
         if transient:  # live only: no index, not stored, not replayed
             self.relay.push(None, body)
             return
+        self.builder.apply(chunk)
         index = self.next_index
         self.next_index += 1
-        self.builder.apply(chunk)
         if not self.recorder.failed:
             self.recorder.add(index, chunk, body)
         self.relay.push(index, body)
@@ -448,14 +454,18 @@ class ReplyRun:
         await self.relay.drain()
         # Off the shared database thread: a finish waiting for a locked table must not hold up the
         # worker's other sockets (see docs/architecture.md, "Database work off the hot path").
-        await database_sync_to_async(services.reply_finish, thread_sensitive=False)(
-            start=self.start,
-            status=status,
-            content=self.builder.text,
-            parts=self.builder.final_parts(),
-            last_index=self.next_index - 1,
-            error_text=error_text,
-        )
+        finish = database_sync_to_async(services.reply_finish, thread_sensitive=False)
+        content, parts = self.builder.text, self.builder.final_parts()
+        try:
+            await finish(start=self.start, status=status, content=content, parts=parts,
+                         last_index=self.next_index - 1, error_text=error_text)
+        except (DataError, IntegrityError, ValueError, TypeError):
+            # The database refused the message as it was: it still ends, as an error, with what can
+            # be stored, so that the room is never left with a live answer nobody runs.
+            logger.exception("stream %s: the answer could not be stored as it was", self.start.stream_id)
+            await finish(start=self.start, status="error", content=storable(content), parts=storable(parts),
+                         last_index=self.next_index - 1,
+                         error_text="The answer could not be stored as it was; what could be kept is kept.")
 
     async def _generate(self) -> str:
         self.toolset = await self._tools_for_reply()
@@ -602,14 +612,24 @@ class ReplyRun:
         entry = calls.get(index)
         if entry is None:
             self._close_parts()
-            entry = calls[index] = {"id": call.id or f"call_{self.start.stream_id[:8]}_{index}",
-                                    "name": name or "unknown", "arguments": ""}
+            entry = calls[index] = {"id": self._new_tool_call_id(call.id), "name": name or "unknown", "arguments": ""}
             self.message_bytes += PART_OVERHEAD_BYTES
             self.emit({"type": "tool-input-start", "toolCallId": entry["id"], "toolName": entry["name"]})
         if arguments:
             entry["arguments"] += arguments
             self.message_bytes += len(arguments)
             self.emit({"type": "tool-input-delta", "toolCallId": entry["id"], "inputTextDelta": arguments})
+
+    def _new_tool_call_id(self, given: str | None) -> str:
+        """An id no other call of this answer has: the model's own when it gave one that is new (a
+        server may number its calls from 0 in every step, or give none at all)."""
+        base = given or f"call_{self.start.stream_id[:8]}"
+        candidate = given or f"{base}_{len(self._tool_call_ids)}"
+        serial = itertools.count(len(self._tool_call_ids) + 1)
+        while candidate in self._tool_call_ids:
+            candidate = f"{base}_{next(serial)}"
+        self._tool_call_ids.add(candidate)
+        return candidate
 
     async def _run_tools(self, calls: list[dict[str, Any]], messages: list[dict[str, Any]]) -> None:
         for call in calls:
@@ -621,8 +641,8 @@ class ReplyRun:
         model sees (the full output, an error, or a denial)."""
         call_id, name = call["id"], call["name"]
         try:
-            arguments = json.loads(call["arguments"] or "{}")
-        except ValueError:
+            arguments = loads_strict(call["arguments"] or "{}")
+        except UnsafeJSON:  # the tool is not run: check_arguments refuses anything but an object
             arguments = call["arguments"]
         input_available = {"type": "tool-input-available", "toolCallId": call_id, "toolName": name, "input": arguments}
         spec = self.toolset.get(name)
@@ -669,7 +689,11 @@ class ReplyRun:
             waited = False
             raise
         except Exception as error:
-            message = str(error) or type(error).__name__
+            if isinstance(error, DatabaseError):  # its text is the database's, for the log only
+                logger.exception("stream %s: tool call %s failed in the database", self.start.stream_id, call_id)
+                message = "The tool call could not be recorded; try again."
+            else:
+                message = str(error) or type(error).__name__
             if not announced:
                 self.emit(input_available)
             self.emit({"type": "tool-output-error", "toolCallId": call_id, "errorText": message})

@@ -10,6 +10,8 @@ from typing import Any
 from django.utils.dateparse import parse_datetime
 from django.utils.text import slugify
 
+from streaming.safe_json import InvalidJSON, UnsafeJSON, loads_strict, problem_in
+
 from .models import ROOM_NAME_MAX_LENGTH, SYSTEM_PROMPT_MAX_LENGTH, Message, Room
 from .protocol import iso
 
@@ -201,13 +203,11 @@ class ImportedRoom:
 def parse_export_file(raw: bytes) -> Any:
     """The JSON in an uploaded file; ImportRefused if it is not JSON."""
     try:
-        return json.loads(raw.decode("utf-8-sig"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        return loads_strict(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, InvalidJSON):
         raise ImportRefused("The file is not a JSON export (it is not valid UTF-8 JSON).") from None
-
-
-def _refuse_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
+    except UnsafeJSON as error:
+        raise ImportRefused(f"The file cannot be imported: {error}.") from None
 
 
 def checked_import(data: Any) -> ImportedRoom:
@@ -219,7 +219,9 @@ def checked_import(data: Any) -> ImportedRoom:
     version = data.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or version != EXPORT_VERSION:
         raise ImportRefused(f"Unsupported export version {version!r}: this server reads version {EXPORT_VERSION}.")
-    _refuse_nul_characters(data)
+    problem = problem_in(data)  # what no database stores, or no page can encode
+    if problem:
+        raise ImportRefused(f"The file cannot be imported: {problem}.")
     room = _object(data.get("room"), "room")
     name = _string(room.get("name"), "room.name").strip()
     if not name or len(name) > ROOM_NAME_MAX_LENGTH:
@@ -317,17 +319,3 @@ def _moment(value: Any, where: str) -> datetime:
 def _shown(value: Any) -> str:
     return repr(value)[:40]
 
-
-def _refuse_nul_characters(data: Any) -> None:
-    """PostgreSQL stores no NUL character in text or JSON; refuse one anywhere, keys included."""
-    pending = [data]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, str):
-            if "\x00" in value:
-                raise ImportRefused("The file holds a NUL character (\\u0000), which cannot be stored.")
-        elif isinstance(value, dict):
-            pending.extend(value.keys())
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)

@@ -8,11 +8,12 @@ import sys
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 
 from streaming.lifecycle import stale_cutoff, stream_finish, streams_stale
 from streaming.models import Stream
 from streaming.replay import chunks_after
+from streaming.safe_json import safe_text, storable
 from streaming.ui_message import UIMessageBuilder
 
 from . import events
@@ -38,8 +39,9 @@ def stream_interrupt(*, stream: Stream, stale_seconds: float | None = None) -> M
         for _index, body in stored:
             builder.apply(json.loads(body))
         message.status = Message.Status.INTERRUPTED
-        message.content = builder.text
-        message.parts = builder.final_parts()
+        # Chunks stored before their values were made safe may hold what the message cannot.
+        message.content = safe_text(builder.text)
+        message.parts = storable(builder.final_parts())
         message.save(update_fields=["status", "content", "parts", "updated_at"])
         room = message.room
         events.room_frame_after_commit(room.pk, {
@@ -62,7 +64,13 @@ def streams_recover_stale(*, room_id: int | None = None, stale_seconds: float | 
         stale = streams_stale(stale_seconds=stale_seconds, key=f"{ROOM_STREAM_KEY_PREFIX}{room_id}")
     else:
         stale = streams_stale(stale_seconds=stale_seconds, key_prefix=ROOM_STREAM_KEY_PREFIX)
-    return sum(1 for stream in stale if stream_interrupt(stream=stream, stale_seconds=stale_seconds) is not None)
+    finished = 0
+    for stream in stale:
+        try:
+            finished += stream_interrupt(stream=stream, stale_seconds=stale_seconds) is not None
+        except DatabaseError:  # one stream the database refuses must not keep the others live
+            logger.exception("stream %s could not be finished as interrupted; trying again later", stream.pk)
+    return finished
 
 
 _sweeper: asyncio.Task[None] | None = None

@@ -181,7 +181,12 @@ def room_snapshot_for_user(*, user: AbstractBaseUser, room_id: str, since: dict[
         if since and cursor_valid and since["streamId"] == live.stream_id:
             first = since["index"] + 1
         replay = chunks_after(stream_id=live.stream_id, after_index=first - 1)
-    return RoomSnapshot(str(room.pk), messages_for_room(room=room, viewer=user), live, replay, cursor_valid, first)
+    # Read last, so that it decides: an answer that ended after the reads above is already among
+    # the messages, final, and must not also be replayed as live (its stream.done is dropped as known).
+    messages = messages_for_room(room=room, viewer=user)
+    if live is not None and any(message["id"] == str(live.message_id) for message in messages):
+        live, replay, first = None, [], 0
+    return RoomSnapshot(str(room.pk), messages, live, replay, cursor_valid, first)
 
 
 def cursor_is_possible(*, room: Room, live: LiveStream | None, since: dict[str, Any]) -> bool:

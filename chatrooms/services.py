@@ -18,6 +18,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from streaming.lifecycle import stream_finish, stream_request_cancel, stream_start, streams_delete_for_keys
+from streaming.safe_json import safe_text
 
 from . import events
 from .catalog import default_model, is_known_model
@@ -101,7 +102,7 @@ def room_rename(*, user: AbstractBaseUser, room_id: str | int, name: str) -> Roo
 def room_set_automatic_title(*, room_id: int, title: str) -> bool:
     """Give a room still named by default its title; False if a person named it in the meantime."""
     renamed = Room.objects.filter(pk=room_id, named_automatically=True).update(
-        name=title[:ROOM_NAME_MAX_LENGTH], named_automatically=False)
+        name=safe_text(title)[:ROOM_NAME_MAX_LENGTH], named_automatically=False)  # a model's words
     if renamed:
         room = Room.objects.only("id", "owner_id").get(pk=room_id)
         events.rooms_changed_after_commit(room_viewer_ids(room=room))

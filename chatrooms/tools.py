@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 from django.conf import settings
 
+from streaming.safe_json import storable
+
 TOOL_OUTPUT_MAX_CHARS = 16_000
 TOOL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CLIENT_TOOLS_MAX_COUNT = 16
@@ -228,11 +230,14 @@ def check_arguments(spec: Tool, arguments: Any) -> dict[str, Any]:
 
 
 def cap_output(output: Any) -> Any:
-    """A tool's output as JSON-ready data, cut to TOOL_OUTPUT_MAX_CHARS with a marker when larger."""
-    text = json.dumps(output, default=str, ensure_ascii=False)
+    """A tool's output (a server tool's, an MCP server's or a client's) as JSON data that can be
+    stored and sent (no NaN, lone surrogate or U+0000: see streaming.safe_json), cut to
+    TOOL_OUTPUT_MAX_CHARS with a marker when larger. The model is told the same."""
+    output = storable(output)
+    text = json.dumps(output, ensure_ascii=False)
     if len(text) > TOOL_OUTPUT_MAX_CHARS:
         return {"truncated": True, "originalChars": len(text), "text": text[:TOOL_OUTPUT_MAX_CHARS]}
-    return json.loads(text)
+    return output
 
 
 async def run_tool(spec: Tool, arguments: dict[str, Any], context: ToolContext) -> AsyncIterator[tuple[Any, bool]]:

@@ -48,19 +48,25 @@ def fit_chunk_body(chunk: dict[str, Any], body: str, max_bytes: int) -> str:
 
 def store_batches(batches: list[tuple[Any, list[StreamChunk]]]) -> set[uuid.UUID]:
     """Insert the chunks of many streams in one transaction, one SELECT and one INSERT whatever their
-    number; the ids of the streams that may go on (neither cancelled nor finished elsewhere). A deleted
-    stream's chunks are dropped. Heartbeats are not beaten here: each stream beats its own, seldom."""
+    number; the ids of the streams that may go on (neither cancelled nor finished elsewhere). Only a
+    live stream takes chunks: once a stream has ended (finished by a sweep, deleted with its room) its
+    message and `lastIndex` are final, and later chunks are dropped. Heartbeats are not beaten here:
+    each stream beats its own, seldom."""
     ids = [as_uuid(stream_id) for stream_id, _ in batches]
     with transaction.atomic():
-        states = Stream.objects.filter(pk__in=ids).values_list("pk", "status", "cancel_requested")
-        existing: set[uuid.UUID] = set()
+        # The rows stay locked (PostgreSQL) until the chunks are in: a sweep finishing one of these
+        # streams waits for them, then reads them; one that finished first is seen as ended here.
+        states = (Stream.objects.select_for_update(no_key=True).filter(pk__in=ids).order_by("pk")
+                  .values_list("pk", "status", "cancel_requested"))
+        live: set[uuid.UUID] = set()
         wanted: set[uuid.UUID] = set()
         for pk, status, cancel_requested in states:
-            existing.add(pk)
-            if status == Stream.Status.STREAMING and not cancel_requested:
-                wanted.add(pk)
+            if status == Stream.Status.STREAMING:
+                live.add(pk)
+                if not cancel_requested:
+                    wanted.add(pk)
         StreamChunk.objects.bulk_create(
-            [chunk for (stream_id, batch), pk in zip(batches, ids, strict=True) if pk in existing for chunk in batch]
+            [chunk for (stream_id, batch), pk in zip(batches, ids, strict=True) if pk in live for chunk in batch]
         )
     return wanted
 

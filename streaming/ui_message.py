@@ -1,8 +1,9 @@
 """Folds AI SDK UI-message-stream chunks into a message's parts, the way an AI SDK client would."""
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from .safe_json import UnsafeJSON, loads_strict
 
 UNFINISHED_TOOL_ERRORS = {
     "input-streaming": "The answer stopped before the tool call was complete.",
@@ -136,6 +137,6 @@ class UIMessageBuilder:
 
 def _parse_json_or_text(text: str) -> Any:
     try:
-        return json.loads(text) if text else None
-    except ValueError:
+        return loads_strict(text) if text else None
+    except UnsafeJSON:
         return text
