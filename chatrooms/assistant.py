@@ -16,10 +16,10 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError, DataError, IntegrityError
+from django.db import DatabaseError
 
 from streaming.recorder import StreamRecorder, StreamStorageError, stream_still_wanted
-from streaming.safe_json import UnsafeJSON, dumps_storable, loads_strict, storable
+from streaming.safe_json import UnsafeJSON, dumps_storable, loads_strict
 from streaming.ui_message import UIMessageBuilder
 
 from . import events, recovery, selectors, services, titles, tools
@@ -454,18 +454,15 @@ class ReplyRun:
         await self.relay.drain()
         # Off the shared database thread: a finish waiting for a locked table must not hold up the
         # worker's other sockets (see docs/architecture.md, "Database work off the hot path").
-        finish = database_sync_to_async(services.reply_finish, thread_sensitive=False)
-        content, parts = self.builder.text, self.builder.final_parts()
-        try:
-            await finish(start=self.start, status=status, content=content, parts=parts,
-                         last_index=self.next_index - 1, error_text=error_text)
-        except (DataError, IntegrityError, ValueError, TypeError):
-            # The database refused the message as it was: it still ends, as an error, with what can
-            # be stored, so that the room is never left with a live answer nobody runs.
-            logger.exception("stream %s: the answer could not be stored as it was", self.start.stream_id)
-            await finish(start=self.start, status="error", content=storable(content), parts=storable(parts),
-                         last_index=self.next_index - 1,
-                         error_text="The answer could not be stored as it was; what could be kept is kept.")
+        # Every chunk was made storable (emit), so the message built from them is too.
+        await database_sync_to_async(services.reply_finish, thread_sensitive=False)(
+            start=self.start,
+            status=status,
+            content=self.builder.text,
+            parts=self.builder.final_parts(),
+            last_index=self.next_index - 1,
+            error_text=error_text,
+        )
 
     async def _generate(self) -> str:
         self.toolset = await self._tools_for_reply()

@@ -75,10 +75,18 @@ def safe_text(text: str) -> str:
 
 def storable(value: Any, *, depth: int = 0) -> Any:
     """A copy of `value` as plain JSON data that every database and client takes: strings made safe,
-    NaN and infinities as null, tuples as lists, keys as strings, any other object as its str(), and
-    anything nested deeper than MAX_DEPTH as a marker string."""
-    if value is None or isinstance(value, (bool, int)):
+    NaN and infinities as null, integers beyond 64 bits as floats (as orjson reads them; null past a
+    float's range, where Python cannot even print them), tuples as lists, keys as strings, any other
+    object as its str(), and anything nested deeper than MAX_DEPTH as a marker string."""
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        if -(2**63) <= value < 2**64:
+            return value
+        try:
+            return float(value)
+        except OverflowError:
+            return None
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, str):

@@ -10,7 +10,7 @@ import pytest
 from channels.db import database_sync_to_async
 from django.db import connection
 
-from chatrooms import recovery, selectors, services
+from chatrooms import recovery, selectors
 from chatrooms.models import Message, Room
 from chatrooms.scripted_model_server import ScriptedReply
 from streaming.lifecycle import stream_start
@@ -247,3 +247,4 @@ def test_storable_copies_make_every_value_safe_and_leave_safe_ones_alone():
     safe = {"type": "text-delta", "id": "t", "delta": "héllo"}
     assert dumps_storable(safe) == (safe, '{"type":"text-delta","id":"t","delta":"héllo"}')
     assert storable({1: float("inf")}) == {"1": None}
+    assert dumps_storable([10**5000, 2**70, -(2**63)]) == ([None, float(2**70), -(2**63)], f"[null,{float(2**70)},{-(2**63)}]")
