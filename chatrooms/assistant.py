@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from streaming.recorder import StreamRecorder, StreamStorageError, stream_still_wanted
-from streaming.safe_json import UnsafeJSON, dumps_storable, loads_strict
+from streaming.safe_json import UnsafeJSON, dumps_storable, loads_strict, safe_text
 from streaming.ui_message import UIMessageBuilder
 
 from . import events, recovery, selectors, services, titles, tools
@@ -258,7 +258,6 @@ class ReplyRun:
         return emit_data
 
     def _delta(self, kind: str, text: str) -> None:
-        text = text.replace("\x00", "\ufffd")  # a model may send U+0000; PostgreSQL stores none
         other = "reasoning" if kind == "text" else "text"
         self._close_part(other)
         if kind not in self._open_parts:
@@ -555,13 +554,17 @@ class ReplyRun:
                 choice = part.choices[0]
                 delta = choice.delta  # None in a server's bare finish chunk, read past litellm's wrapper
                 if delta is not None:
+                    # The model's words go on to the database, to viewers and back to the model in the
+                    # next step: a lone surrogate or U+0000 in them would fail all three.
                     reasoning = reasoning_of(delta)
                     if reasoning:
+                        reasoning = safe_text(reasoning)
                         reasoning_parts.append(reasoning)
                         self._delta("reasoning", reasoning)
                     if delta.content:
-                        text_parts.append(delta.content)
-                        self._delta("text", delta.content)
+                        content = safe_text(delta.content)
+                        text_parts.append(content)
+                        self._delta("text", content)
                     for position, call in enumerate(delta.tool_calls or []):
                         self._tool_call_delta(calls, call, position)
                 if choice.finish_reason == "error":  # how some servers (OpenRouter) end a failed stream
@@ -604,12 +607,13 @@ class ReplyRun:
         if index is None:
             index = position
         function = getattr(call, "function", None)
-        name = getattr(function, "name", None)
-        arguments = getattr(function, "arguments", None) or ""
+        name = safe_text(getattr(function, "name", None) or "")
+        arguments = safe_text(getattr(function, "arguments", None) or "")
         entry = calls.get(index)
         if entry is None:
             self._close_parts()
-            entry = calls[index] = {"id": self._new_tool_call_id(call.id), "name": name or "unknown", "arguments": ""}
+            entry = calls[index] = {"id": self._new_tool_call_id(safe_text(call.id or "")), "name": name or "unknown",
+                                    "arguments": ""}
             self.message_bytes += PART_OVERHEAD_BYTES
             self.emit({"type": "tool-input-start", "toolCallId": entry["id"], "toolName": entry["name"]})
         if arguments:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from typing import Any
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -21,6 +23,12 @@ def add(a: int, b: int) -> int:
 def shout(text: str) -> str:
     """Return the text in upper case."""
     return text.upper()
+
+
+@server.tool()
+def echo_json(text: str) -> Any:
+    """Return what Python's lenient json module makes of the text (NaN, lone surrogates and all)."""
+    return json.loads(text)
 
 
 @server.tool()
