@@ -72,11 +72,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             if handler is None:
                 raise ValueError(f"No handler for message type {message['type']}")
-            await handler(message)
+            try:
+                await handler(message)
+            except RoomNotFound:
+                await self._room_lost(self.active_room)
         except StopConsumer:
             raise
-        except RoomNotFound:
-            await self._room_lost(self.active_room)
         except Exception:
             logger.exception("socket of user %s failed on %s", getattr(self.user, "pk", None), message["type"])
             await self._fail()
@@ -363,13 +364,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await database_sync_to_async(selectors.room_get_for_user)(user=self.user, room_id=room_id)
         await self._leave()
         self.active_room = str(int(room_id))
-        await self.channel_layer.group_add(events.room_group(self.active_room), self.channel_name)
-        await database_sync_to_async(recovery.streams_recover_stale)(room_id=int(self.active_room))
         try:
+            await self.channel_layer.group_add(events.room_group(self.active_room), self.channel_name)
+            await database_sync_to_async(recovery.streams_recover_stale)(room_id=int(self.active_room))
             snapshot = await database_sync_to_async(selectors.room_snapshot_for_user)(
                 user=self.user, room_id=self.active_room, since=since
             )
-        except Exception:  # RoomNotFound, or a failed read: the join did not happen
+        except Exception:  # RoomNotFound, or the layer or the database failed: the join did not happen
             await self._leave()
             raise
         self.known_messages = {message["id"] for message in snapshot.messages}
