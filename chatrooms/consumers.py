@@ -11,9 +11,8 @@ from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from django.conf import settings
-
-from streaming.replay import chunks_after
 
 from . import assistant, events, limits, recovery, selectors, services
 from .catalog import model_choices
@@ -23,6 +22,7 @@ from .protocol import (
     ProtocolError,
     chunk_frame_prefix,
     chunk_frame_text,
+    encodable,
     error_frame,
     frame_ref,
     parse_frame,
@@ -48,17 +48,98 @@ class ChatConsumer(AsyncWebsocketConsumer):
     """One browser tab or script. It has at most one active room and tracks, per live stream of that
     room, the next chunk index it owes the client."""
 
-    client_gone = False  # the client left mid-frame; see send()
+    client_gone = False  # the client left mid-frame, or the socket failed; see send()
+    accepted = False
+    released = False  # see _release()
+    user: Any = None
+    socket_counted = False
+    active_room: str | None = None
+    _watchdog: asyncio.Task[None] | None = None
+    _rechecker: asyncio.Task[None] | None = None
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' own dispatch, without its `close_old_connections` before every message: that runs on
         the process's one shared database thread, so while any query there waits (a locked table) every
         socket of the worker stopped receiving, live chunks included. Our database calls go through
-        database_sync_to_async, which closes old connections around each call on the thread it uses."""
+        database_sync_to_async, which closes old connections around each call on the thread it uses.
+
+        Whatever a handler raises ends here: raised out of dispatch, it ended the consumer with 1011 and
+        Channels never called disconnect(), so the socket count, the groups and the tasks leaked. A handler
+        of a layer event whose permission-checked read finds the active room gone (RoomNotFound) leaves it."""
+        if self.released and message["type"] != "websocket.disconnect":
+            return  # failed and released: only daphne's disconnect is still to come
         handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+        try:
+            if handler is None:
+                raise ValueError(f"No handler for message type {message['type']}")
+            try:
+                await handler(message)
+            except RoomNotFound:
+                await self._room_lost(self.active_room)
+        except StopConsumer:
+            raise
+        except Exception:
+            logger.exception("socket of user %s failed on %s", getattr(self.user, "pk", None), message["type"])
+            await self._fail()
+            if message["type"] == "websocket.disconnect":
+                raise StopConsumer() from None
+
+    async def _fail(self) -> None:
+        """Something raised that no handler expected: the client is told (`error` `internal`, once the
+        socket was accepted), everything the socket held is released, and then it closes with 1011 (so
+        that a client reconnecting at once finds its place free)."""
+        if self.released:
+            return
+        try:
+            if self.accepted:
+                await self.send_json(error_frame("internal", "Something went wrong on the server; reconnect."))
+        except Exception as error:  # noqa: BLE001  (the socket is going anyway)
+            logger.warning("telling a failed socket failed (%s: %s)", type(error).__name__, error)
+        self.client_gone = True  # nothing more is sent to it
+        await self._release()
+        try:
+            await self.close(code=1011)
+        except Exception as error:  # noqa: BLE001
+            logger.warning("closing a failed socket failed (%s: %s)", type(error).__name__, error)
+
+    async def _release(self) -> None:
+        """Give back, exactly once, all the socket holds: its place in the user's socket count, its tasks,
+        its groups and its channel. Each step alone, so that one failing (Redis down) keeps no other."""
+        if self.released:
+            return
+        self.released = True
+        for task in (self._watchdog, self._rechecker):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        layer = self.channel_layer
+        steps = []
+        if self.socket_counted:
+            self.socket_counted = False
+            steps.append(limits.asocket_closed(user_id=self.user.pk))
+        if self.active_room is not None:
+            steps.append(layer.group_discard(events.room_group(self.active_room), self.channel_name))
+        if self.user is not None and self.user.is_authenticated:
+            steps.append(layer.group_discard(events.user_group(self.user.pk), self.channel_name))
+        steps.append(events.channel_release(self.channel_name))
+        for step in steps:
+            try:
+                await step
+            except Exception as error:  # noqa: BLE001
+                logger.warning("releasing %s: a step failed (%s: %s)", self.channel_name, type(error).__name__, error)
+
+    def _start_task(self, work: Any) -> asyncio.Task[None]:
+        """A task of this socket's: should it raise, the socket fails like a handler that raised."""
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                logger.exception("a task of the socket of user %s failed", self.user.pk)
+                await self._fail()
+        return asyncio.get_running_loop().create_task(guarded())
+
+    async def accept(self, subprotocol: str | None = None, headers: Any = None) -> None:
+        await super().accept(subprotocol, headers)
+        self.accepted = True
 
     async def connect(self) -> None:
         self.user = self.scope.get("user")
@@ -74,14 +155,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.close(code=limits.TOO_MANY_SOCKETS_CLOSE_CODE)
             return
-        self.active_room: str | None = None
         self.streams: dict[str, StreamCursor] = {}  # live streams of the active room
         self.known_messages: set[str] = set()  # ids of messages this connection has been sent
-        self._watchdog: asyncio.Task[None] | None = None
         await self.channel_layer.group_add(events.user_group(self.user.pk), self.channel_name)
-        # A layer with a group expiry (the in-memory one) drops memberships older than it, silently.
-        expiry = getattr(self.channel_layer, "group_expiry", None)
-        self._refresher = asyncio.get_running_loop().create_task(self._refresh_groups(expiry)) if expiry else None
+        self._rechecker = self._start_task(self._recheck_periodically())
         recovery.ensure_sweeper()
         await self.accept()
         await self.send_json({
@@ -93,18 +170,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._send_rooms()
 
     async def disconnect(self, code: int) -> None:
-        if getattr(self, "socket_counted", False):
-            self.socket_counted = False  # released once, whatever else fails below
-            await limits.asocket_closed(user_id=self.user.pk)
-        if getattr(self, "_watchdog", None) is not None:
-            self._watchdog.cancel()
-        if getattr(self, "_refresher", None) is not None:
-            self._refresher.cancel()
-        if getattr(self, "active_room", None) is not None:
-            await self.channel_layer.group_discard(events.room_group(self.active_room), self.channel_name)
-        if getattr(self, "user", None) is not None and self.user.is_authenticated:
-            await self.channel_layer.group_discard(events.user_group(self.user.pk), self.channel_name)
-        await events.channel_release(self.channel_name)
+        await self._release()
 
     async def send_json(self, frame: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(frame, ensure_ascii=False))
@@ -117,6 +183,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         disconnect(), leaking the user's socket count and group memberships (tests/faults/test_churn.py)."""
         if self.client_gone:
             return
+        if text_data is not None:
+            text_data = encodable(text_data)  # a lone surrogate made daphne's encode raise, ending the consumer
         try:
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
         except Disconnected:
@@ -296,13 +364,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await database_sync_to_async(selectors.room_get_for_user)(user=self.user, room_id=room_id)
         await self._leave()
         self.active_room = str(int(room_id))
-        await self.channel_layer.group_add(events.room_group(self.active_room), self.channel_name)
-        await database_sync_to_async(recovery.streams_recover_stale)(room_id=int(self.active_room))
         try:
+            await self.channel_layer.group_add(events.room_group(self.active_room), self.channel_name)
+            await database_sync_to_async(recovery.streams_recover_stale)(room_id=int(self.active_room))
             snapshot = await database_sync_to_async(selectors.room_snapshot_for_user)(
                 user=self.user, room_id=self.active_room, since=since
             )
-        except RoomNotFound:
+        except Exception:  # RoomNotFound, or the layer or the database failed: the join did not happen
             await self._leave()
             raise
         self.known_messages = {message["id"] for message in snapshot.messages}
@@ -350,7 +418,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         cursor = self.streams[stream_id] = StreamCursor(stream_id, request_id, message_id, next_index, prefix)
         self.known_messages.add(message_id)
         if self._watchdog is None or self._watchdog.done():
-            self._watchdog = asyncio.get_running_loop().create_task(self._watch_quiet_streams())
+            self._watchdog = self._start_task(self._watch_quiet_streams())
         return cursor
 
     # -- events from the channel layer -------------------------------------------------------
@@ -406,9 +474,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def room_access_lost(self, event: dict[str, Any]) -> None:
         """This user was removed from a room: it goes as if deleted. Events are handled one at a time, so
         a stream of that room being sent is not cut mid-batch; after this, none of its frames pass."""
-        if event["roomId"] == self.active_room:
+        await self._room_lost(event["roomId"])
+
+    async def _room_lost(self, room_id: str | None) -> None:
+        """The user can no longer see this room (told by an event, or found by a check of this socket's)."""
+        if room_id is None:
+            return
+        if room_id == self.active_room:
             await self._leave()
-        await self.send_json({"type": "room.deleted", "roomId": event["roomId"]})
+        await self.send_json({"type": "room.deleted", "roomId": room_id})
 
     async def stream_chunks(self, event: dict[str, Any]) -> None:
         if event["roomId"] != self.active_room:
@@ -450,7 +524,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Stream-path reads run off the shared database thread (thread_sensitive=False), like the
         # recorder's writes: a query waiting there (a locked table) must not hold up this stream's relay.
         progress = await database_sync_to_async(selectors.stream_progress_for_room, thread_sensitive=False)(
-            room_id=self.active_room, stream_id=stream_id, after_index=after
+            user=self.user, room_id=self.active_room, stream_id=stream_id, after_index=after
         )
         if progress is None:
             self.streams.pop(stream_id, None)
@@ -465,17 +539,32 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if progress.done is not None and cursor.next_index > progress.done["lastIndex"]:
             await self._end_stream(cursor, progress.done)
 
-    async def _refresh_groups(self, expiry: float) -> None:
-        """Join this connection's groups again every half expiry, so that a long-open socket (or one
-        whose worker stalled past the expiry) is never left out of its room's or user's group."""
+    async def _recheck_periodically(self) -> None:
+        """Every SESSION_RECHECK_SECONDS (and every half group expiry of a layer that has one, if shorter),
+        read the session and the active room's access again, then join the groups again: a lost
+        `session.ended` or `room.access.lost` delays a logout or a removal by that long at most, a passive
+        socket included, and a long-open socket is never left out of its groups by a layer that expires
+        them. The read is one call off the shared database thread, here in the task: what it finds lost
+        goes to the consumer through its own channel, handled in order with everything else."""
+        expiry = getattr(self.channel_layer, "group_expiry", None)
         while True:
-            await asyncio.sleep(max(1.0, expiry / 2))
+            interval = settings.SESSION_RECHECK_SECONDS if not expiry else min(settings.SESSION_RECHECK_SECONDS,
+                                                                                 expiry / 2)
+            await asyncio.sleep(max(1.0, interval))
+            room = self.active_room
             try:
-                await self.channel_layer.group_add(events.user_group(self.user.pk), self.channel_name)
-                if self.active_room is not None:
-                    await self.channel_layer.group_add(events.room_group(self.active_room), self.channel_name)
-            except Exception as error:  # the layer is down: try again at the next turn
-                logger.warning("re-joining the groups of %s failed (%s: %s)", self.channel_name,
+                holds, sees_room = await self.session.recheck(user=self.user, room_id=room)
+                if not holds:
+                    await self.channel_layer.send(self.channel_name, {"type": "session.ended",
+                                                                      "session": self.session.digest})
+                elif not sees_room:
+                    await self.channel_layer.send(self.channel_name, {"type": "room.access.lost", "roomId": room})
+                else:
+                    await self.channel_layer.group_add(events.user_group(self.user.pk), self.channel_name)
+                    if room is not None and room == self.active_room:
+                        await self.channel_layer.group_add(events.room_group(room), self.channel_name)
+            except Exception as error:  # noqa: BLE001  (the database or the layer is down: again next turn)
+                logger.warning("re-checking the socket %s failed (%s: %s)", self.channel_name,
                                type(error).__name__, error)
 
     async def _watch_quiet_streams(self) -> None:
@@ -515,9 +604,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if cursor.next_index > through:
             return
         logger.info("stream %s: filling chunks %d..%d from the database", cursor.stream_id, cursor.next_index, through)
-        read = database_sync_to_async(chunks_after, thread_sensitive=False)  # off the shared thread, as above
+        # Off the shared thread, as above; RoomNotFound if the user lost the room (dispatch then leaves it).
+        read = database_sync_to_async(selectors.stream_chunks_for_user, thread_sensitive=False)
         for _attempt in range(GAP_FILL_ATTEMPTS):
-            stored = await read(stream_id=cursor.stream_id, after_index=cursor.next_index - 1, up_to=through)
+            stored = await read(user=self.user, room_id=self.active_room, stream_id=cursor.stream_id,
+                                after_index=cursor.next_index - 1, up_to=through)
             await self._send_chunks(cursor, stored, replay=False)
             if cursor.next_index > through:
                 return

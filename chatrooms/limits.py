@@ -5,8 +5,9 @@ The frame and room limits use fixed windows: a counter per user and window (the 
 hour since the epoch), made with `cache.add` and raised with `cache.incr`, both atomic in Redis and
 in the in-memory cache. Every attempt counts, refused ones too; the count starts again at the next
 window, which the refusal names. The socket counter has no window: it goes up when a socket is
-accepted and down when it closes, and expires SOCKET_COUNT_TTL_SECONDS after it was last touched,
-so that sockets of a worker that died without closing them are forgotten in the end.
+accepted and down when it closes, and expires SOCKET_COUNT_TTL_SECONDS after it was last touched by an
+accepted socket or a live one's re-check, so that sockets of a worker that died without closing them
+are forgotten in the end; a refused attempt never touches it (a tab retrying would keep a lockout forever).
 A limit of 0 turns that limit off.
 """
 from __future__ import annotations
@@ -139,10 +140,10 @@ def socket_open(*, user_id: int) -> bool:
     except ValueError:
         cache.add(key, 0, timeout=SOCKET_COUNT_TTL_SECONDS)
         count = cache.incr(key)
-    cache.touch(key, SOCKET_COUNT_TTL_SECONDS)
     if count > allowed:
         _release(key)
         raise LimitReached(f"At most {allowed} open connections per user; close one first.")
+    cache.touch(key, SOCKET_COUNT_TTL_SECONDS)
     return True
 
 

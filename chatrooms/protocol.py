@@ -126,14 +126,32 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def _holds_nul(value: Any) -> bool:
-    """Whether any string in a parsed JSON value (keys included) holds U+0000; iterative, so that
-    deep nesting costs no recursion."""
+def unstorable(text: str) -> bool:
+    """Whether a string holds U+0000 (PostgreSQL can neither store nor compare it) or a lone surrogate
+    (JSON's `\\ud800` escapes make them; no UTF-8 encoder takes one: not storable, not sendable)."""
+    return "\x00" in text or encodable(text) is not text
+
+
+def encodable(text: str) -> str:
+    """`text` as UTF-8 can carry it: itself (no copy) if it can be; else with each lone surrogate replaced by
+    U+FFFD (and a split surrogate pair joined into its character). Every outgoing frame passes here."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _holds_unstorable(value: Any) -> bool:
+    """Whether any string in a parsed JSON value (keys included) is unstorable; iterative, so that deep
+    nesting costs no recursion."""
     pending = [value]
     while pending:
         item = pending.pop()
         if isinstance(item, str):
-            if "\x00" in item:
+            if unstorable(item):
                 return True
         elif isinstance(item, dict):
             pending.extend(item.keys())
@@ -146,7 +164,7 @@ def _holds_nul(value: Any) -> bool:
 def frame_ref(frame: dict[str, Any]) -> str | None:
     """The frame's `ref` if it is well formed, so that even an error answer can echo it."""
     ref = frame.get("ref")
-    return ref if isinstance(ref, str) and len(ref) <= REF_MAX_LENGTH else None
+    return ref if isinstance(ref, str) and len(ref) <= REF_MAX_LENGTH and not unstorable(ref) else None
 
 
 def validate_frame(frame: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -154,13 +172,15 @@ def validate_frame(frame: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     kind = frame.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("bad_request", "A frame needs a string field `type`.")
-    if "ref" in frame and (not isinstance(frame["ref"], str) or len(frame["ref"]) > REF_MAX_LENGTH):
-        raise ProtocolError("bad_request", f"`ref` must be a string of at most {REF_MAX_LENGTH} characters.")
+    if "ref" in frame and frame_ref(frame) is None:
+        raise ProtocolError("bad_request", f"`ref` must be a string of at most {REF_MAX_LENGTH} characters"
+                                           " (without \\u0000 or a lone surrogate).")
     fields = FRAME_FIELDS.get(kind)
     if fields is None:
         raise ProtocolError("unknown_type", f"Unknown frame type {kind[:64]!r}.")
-    if _holds_nul(frame):  # PostgreSQL can neither store nor even compare text with one
-        raise ProtocolError("bad_request", "No string in a frame may hold the NUL character (\\u0000).")
+    if _holds_unstorable(frame):
+        raise ProtocolError("bad_request", "No string in a frame may hold the NUL character (\\u0000)"
+                                           " or a lone surrogate (\\ud800-\\udfff).")
     cleaned: dict[str, Any] = {}
     for name, spec in fields.items():
         if name not in frame or frame[name] is None:

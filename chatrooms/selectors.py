@@ -75,6 +75,17 @@ def room_get_for_user(*, user: AbstractBaseUser, room_id: str | int) -> Room:
     return room
 
 
+def room_check_access(*, user: AbstractBaseUser, room_id: str | int) -> None:
+    """RoomNotFound unless this user may see the room: room_get_for_user's check alone, one EXISTS, for
+    the checks a socket repeats (its periodic re-check, a gap fill, a catch-up)."""
+    try:
+        pk = int(room_id)
+    except (TypeError, ValueError):
+        raise RoomNotFound(room_id) from None
+    if not rooms_visible_to(user).filter(pk=pk).exists():
+        raise RoomNotFound(room_id)
+
+
 def room_list_for_user(*, user: AbstractBaseUser) -> list[dict[str, Any]]:
     """Every room the user can see, most recently active first, as protocol dicts (two queries)."""
     rooms = _with_members(_annotated(rooms_visible_to(user), user)).order_by("-last_active_at", "-pk")
@@ -267,8 +278,12 @@ class StreamProgress:
     done: dict[str, Any] | None
 
 
-def stream_progress_for_room(*, room_id: str, stream_id: str, after_index: int) -> StreamProgress | None:
-    """None if the stream is not (or no longer) one of this room's."""
+def stream_progress_for_room(
+    *, user: AbstractBaseUser, room_id: str, stream_id: str, after_index: int
+) -> StreamProgress | None:
+    """None if the stream is not (or no longer) one of this room's; RoomNotFound if the user can no longer
+    see the room (a catch-up must not outlive a removal whose event was lost)."""
+    room_check_access(user=user, room_id=room_id)
     message = (
         Message.objects.filter(room_id=int(room_id), stream_id=stream_id)
         .select_related("stream", "author")
@@ -290,6 +305,15 @@ def stream_progress_for_room(*, room_id: str, stream_id: str, after_index: int) 
             "lastIndex": last_index,
         }
     return StreamProgress(str(message.pk), message.stream.request_id, chunks, done)
+
+
+def stream_chunks_for_user(
+    *, user: AbstractBaseUser, room_id: str, stream_id: str, after_index: int, up_to: int
+) -> list[tuple[int, str]]:
+    """A viewer's gap fill: chunks after_index+1..up_to of a stream of the room, RoomNotFound if the user
+    can no longer see the room."""
+    room_check_access(user=user, room_id=room_id)
+    return chunks_after(stream_id=stream_id, after_index=after_index, up_to=up_to)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""An open socket's login kept honest: its session re-read at most every SESSION_RECHECK_SECONDS, and a
-logout heard at once (the user_logged_out signal reaches the user's sockets through their group)."""
+"""An open socket's login kept honest: its session re-read every SESSION_RECHECK_SECONDS (with its active
+room's access, by the socket's timer; and on a frame if the last read is older), and a logout heard at
+once (the user_logged_out signal reaches the user's sockets through their group)."""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,7 @@ from django.contrib.auth import get_user
 from django.contrib.auth.signals import user_logged_out
 from django.dispatch import receiver
 
-from . import events, limits
+from . import events, limits, selectors
 
 
 def session_digest(session_key: str | None) -> str:
@@ -31,6 +32,17 @@ def session_user_id(*, session_key: str | None) -> int | None:
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key=session_key)
     user = get_user(SimpleNamespace(session=store))
     return user.pk if user.is_authenticated else None
+
+
+def _session_and_room(*, session_key: str | None, user: Any, room_id: str | None) -> tuple[int | None, bool]:
+    found = session_user_id(session_key=session_key)
+    if found is None or room_id is None:
+        return found, True
+    try:
+        selectors.room_check_access(user=user, room_id=room_id)
+    except selectors.RoomNotFound:
+        return found, False
+    return found, True
 
 
 class SessionGuard:
@@ -56,6 +68,21 @@ class SessionGuard:
         if not self.ended:
             await limits.asocket_touch(user_id=self.user_id)  # still open: keep it counted
         return not self.ended
+
+    async def recheck(self, *, user: Any, room_id: str | None) -> tuple[bool, bool]:
+        """The socket's timer: read the session again now and, if it holds and the socket is in a room,
+        whether the user can still see that room. (session holds, room visible); one call, off the
+        shared database thread (a query waiting there must not hold this socket's events up)."""
+        if self.ended:
+            return False, False
+        self.checked_at = time.monotonic()
+        found, sees_room = await database_sync_to_async(_session_and_room, thread_sensitive=False)(
+            session_key=self.session_key, user=user, room_id=room_id)
+        self.ended = found != self.user_id
+        if self.ended:
+            return False, False
+        await limits.asocket_touch(user_id=self.user_id)  # still open: keep it counted
+        return True, sees_room
 
     def heard_logout(self, digest: str) -> bool:
         """A logout of one of this user's sessions: True if it was this socket's (which has ended)."""

@@ -258,8 +258,9 @@ RATE_CHAT_PER_MINUTE = env_int("RATE_CHAT_PER_MINUTE", 30)  # chat.send, chat.re
 STREAMS_PER_USER = env_int("STREAMS_PER_USER", 3)  # answers streaming at once, across rooms
 ROOMS_PER_HOUR = env_int("ROOMS_PER_HOUR", 30)  # room.create and the page's form
 SOCKETS_PER_USER = env_int("SOCKETS_PER_USER", 20)  # open WebSockets; more are closed with 4429
-# An open socket re-reads its session at most this often, on a frame: a session that expired or a
-# user who was deactivated is refused then. A logout closes the session's sockets at once.
+# An open socket re-reads its session and its room's access this often (a timer; a frame too, if the
+# last read is older): a session that expired, a user deactivated or removed from the room is noticed
+# then, even if the event that says so was lost. A logout closes the session's sockets at once.
 SESSION_RECHECK_SECONDS = env_int("SESSION_RECHECK_SECONDS", 30)
 
 # -- streams -----------------------------------------------------------------------------------

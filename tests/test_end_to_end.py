@@ -12,7 +12,7 @@ import pytest
 import websockets
 from channels.db import database_sync_to_async
 
-from chatrooms.models import Message
+from chatrooms.models import Message, Room
 from chatrooms.scripted_model_server import ScriptedReply
 from tests.factories import make_user
 
@@ -85,3 +85,47 @@ async def test_the_socket_refuses_anonymous_and_foreign_origin(worker):
         async with websockets.connect(worker.ws_url, additional_headers={"Cookie": cookie, "Origin": "http://evil.example"}):
             pass
     assert foreign.value.response.status_code == 403
+
+
+async def hello_or_close_code(ws) -> str | int:
+    try:
+        return json.loads(await asyncio.wait_for(ws.recv(), 10))["type"]
+    except websockets.ConnectionClosed:
+        return ws.close_code
+
+
+async def test_lone_surrogates_in_a_frame_are_refused_cleanly_and_leak_no_socket(model_server):
+    """`"ref": "\\ud800"` sent raw (JSON's escape): echoing it made daphne's UTF-8 encode raise, which ended the
+    consumer with 1011 and without disconnect(), leaking the user's socket count until they were locked out.
+    Now it is `bad_request` (the ref not echoed), nothing is created, and the socket goes on."""
+    from tests.servers import DaphneWorker, scripted_worker_env
+
+    await database_sync_to_async(make_user)("scripter", "a-long-enough-password")
+    with DaphneWorker(scripted_worker_env(model_server, SOCKETS_PER_USER="2")) as worker:
+        cookie = await database_sync_to_async(log_in)(worker.http_url, "scripter", "a-long-enough-password")
+        headers = {"Cookie": cookie, "Origin": worker.http_url}
+        for _round in range(3):  # more than SOCKETS_PER_USER: a leak per socket would lock the user out
+            async with websockets.connect(worker.ws_url, additional_headers=headers) as ws:
+                assert [json.loads(await ws.recv())["type"] for _ in range(2)] == ["hello", "rooms"]
+                for raw in ('{"type": "room.create", "name": "Ghost", "ref": "\\ud800"}',
+                            '{"type": "room.create", "name": "Gh\\udc00st", "ref": "s1"}',
+                            '{"type": "room.create", "name": "Ghost", "ref": "s2", "x\\ud83d": 1}'):
+                    await ws.send(raw)
+                    error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    assert (error["type"], error["code"]) == ("error", "bad_request"), error
+                    assert error.get("ref") in (None, "s1", "s2") and "\ud800" not in json.dumps(error)
+                await ws.send(json.dumps({"type": "room.create", "name": "Real", "ref": "ok"}))
+                assert (await frames_until(ws, "room.created"))[-1]["ref"] == "ok"
+            assert ws.close_code == 1000
+        # Released: SOCKETS_PER_USER sockets at once (closing is asynchronous on the server: give it a moment).
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            async with websockets.connect(worker.ws_url, additional_headers=headers) as one, \
+                    websockets.connect(worker.ws_url, additional_headers=headers) as two:
+                got = [await hello_or_close_code(one), await hello_or_close_code(two)]
+            if got == ["hello", "hello"] or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert got == ["hello", "hello"]
+    rooms = await database_sync_to_async(lambda: sorted(Room.objects.values_list("name", flat=True)))()
+    assert rooms == ["Real"] * 3

@@ -332,6 +332,16 @@ FRAME_CASES = [
     Case("chat.send-body-key-nul", _with("chat.send", body={"deep": [{"k\x00": 1}]}), "bad_request"),
     Case("tool.result-output-nul", lambda w: {"type": "tool.result", "requestId": "r", "toolCallId": "c",
                                                "output": {"x": ["\x00"]}}, "bad_request"),
+    # Lone surrogates (JSON's "\ud800" escapes): no UTF-8 encoder takes one, so none is stored or echoed.
+    Case("chat.send-text-lone-surrogate", _with("chat.send", text="a\ud800b"), "bad_request"),
+    Case("room.create-name-lone-surrogate", _with("room.create", name="\udfff"), "bad_request"),
+    Case("chat.send-body-key-lone-surrogate", _with("chat.send", body={"deep": [{"k\ud83d": 1}]}), "bad_request"),
+    Case("tool.result-output-lone-surrogate", lambda w: {"type": "tool.result", "requestId": "r", "toolCallId": "c",
+                                                          "output": {"x": ["\ud800"]}}, "bad_request"),
+    Case("ref-lone-surrogate-refused", lambda w: {"type": "room.create", "name": "Bad ref", "ref": "\ud800"},
+         "bad_request", ref=NO_REF),
+    Case("ref-nul-refused", lambda w: {"type": "room.create", "name": "Bad ref", "ref": "r\x00"},
+         "bad_request", ref=NO_REF),
     # Lengths.
     Case("room.create-name-101", _with("room.create", name="n" * 101), "bad_request"),
     Case("room.create-name-101-after-trim", _with("room.create", name="  " + "n" * 101 + "\t "), "bad_request"),

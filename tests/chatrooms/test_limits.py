@@ -2,6 +2,7 @@
 open sockets. Each refusal is a clear `rate_limited` (or a 429, or a 4429 close) and changes nothing."""
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -238,6 +239,30 @@ def test_a_socket_released_after_its_counter_expired_does_not_go_below_zero(sett
     cache.set("limits:sockets:3", 0, limits.SOCKET_COUNT_TTL_SECONDS)
     limits.socket_closed(user_id=3)
     assert cache.get("limits:sockets:3") == 0
+
+
+def seconds_left(key: str) -> float:
+    """How long the cache keeps a key, read back from the backend itself (the in-memory cache or Redis)."""
+    full = cache.make_and_validate_key(key)
+    if hasattr(cache, "_expire_info"):  # LocMemCache
+        return cache._expire_info[full] - time.time()
+    return cache._cache.get_client(full).ttl(full)
+
+
+def test_refused_sockets_do_not_extend_a_lockout(settings):
+    """A tab retrying every 30 s kept its user's counter (and so a lockout by leaked counts) alive for
+    good: only an accepted socket, or an open one's re-check, keeps it; refused attempts do not."""
+    settings.SOCKETS_PER_USER = 1
+    assert limits.socket_open(user_id=5) is True
+    cache.touch("limits:sockets:5", 100)  # as if last touched SOCKET_COUNT_TTL_SECONDS - 100 s ago
+    for _ in range(5):
+        with pytest.raises(limits.LimitReached):
+            limits.socket_open(user_id=5)
+    assert cache.get("limits:sockets:5") == 1
+    assert seconds_left("limits:sockets:5") <= 100
+    limits.socket_closed(user_id=5)
+    assert limits.socket_open(user_id=5) is True  # an accepted socket does keep it
+    assert seconds_left("limits:sockets:5") > limits.SOCKET_COUNT_TTL_SECONDS - 60
 
 
 def test_sockets_are_not_counted_while_the_limit_is_off(settings):
