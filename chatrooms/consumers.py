@@ -14,6 +14,8 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from django.conf import settings
 
+from streaming.safe_json import utf8_text
+
 from . import assistant, events, limits, recovery, selectors, services
 from .catalog import model_choices
 from .models import PendingToolCall
@@ -22,7 +24,6 @@ from .protocol import (
     ProtocolError,
     chunk_frame_prefix,
     chunk_frame_text,
-    encodable,
     error_frame,
     frame_ref,
     parse_frame,
@@ -184,7 +185,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.client_gone:
             return
         if text_data is not None:
-            text_data = encodable(text_data)  # a lone surrogate made daphne's encode raise, ending the consumer
+            text_data = utf8_text(text_data)  # a lone surrogate made daphne's encode raise, ending the consumer
         try:
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
         except Disconnected:

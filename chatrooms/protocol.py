@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from streaming.safe_json import problem_in
+
 from .catalog import model_for_room
 from .models import MESSAGE_TEXT_MAX_LENGTH, ROOM_NAME_MAX_LENGTH, SYSTEM_PROMPT_MAX_LENGTH, Message, Room
 from .attachments import ATTACHMENTS_PER_MESSAGE
@@ -115,7 +117,7 @@ def parse_frame(text: str | None, binary: bytes | None) -> dict[str, Any]:
         raise ProtocolError("too_large", f"A frame may be at most {FRAME_MAX_BYTES} bytes.")
     try:
         frame = json.loads(text, parse_constant=_refuse_constant)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting: json's recursion runs out before FRAME_MAX_BYTES does
         raise ProtocolError("bad_request", "The frame is not valid JSON.") from None
     if not isinstance(frame, dict):
         raise ProtocolError("bad_request", "A frame must be a JSON object.")
@@ -126,45 +128,10 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def unstorable(text: str) -> bool:
-    """Whether a string holds U+0000 (PostgreSQL can neither store nor compare it) or a lone surrogate
-    (JSON's `\\ud800` escapes make them; no UTF-8 encoder takes one: not storable, not sendable)."""
-    return "\x00" in text or encodable(text) is not text
-
-
-def encodable(text: str) -> str:
-    """`text` as UTF-8 can carry it: itself (no copy) if it can be; else with each lone surrogate replaced by
-    U+FFFD (and a split surrogate pair joined into its character). Every outgoing frame passes here."""
-    if text.isascii():
-        return text
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
-
-
-def _holds_unstorable(value: Any) -> bool:
-    """Whether any string in a parsed JSON value (keys included) is unstorable; iterative, so that deep
-    nesting costs no recursion."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if unstorable(item):
-                return True
-        elif isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-    return False
-
-
 def frame_ref(frame: dict[str, Any]) -> str | None:
     """The frame's `ref` if it is well formed, so that even an error answer can echo it."""
     ref = frame.get("ref")
-    return ref if isinstance(ref, str) and len(ref) <= REF_MAX_LENGTH and not unstorable(ref) else None
+    return ref if isinstance(ref, str) and len(ref) <= REF_MAX_LENGTH and problem_in(ref) is None else None
 
 
 def validate_frame(frame: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -178,9 +145,9 @@ def validate_frame(frame: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     fields = FRAME_FIELDS.get(kind)
     if fields is None:
         raise ProtocolError("unknown_type", f"Unknown frame type {kind[:64]!r}.")
-    if _holds_unstorable(frame):
-        raise ProtocolError("bad_request", "No string in a frame may hold the NUL character (\\u0000)"
-                                           " or a lone surrogate (\\ud800-\\udfff).")
+    problem = problem_in(frame)  # what no database stores (nor PostgreSQL compares), or no socket sends
+    if problem:
+        raise ProtocolError("bad_request", f"The frame cannot be taken: {problem}.")
     cleaned: dict[str, Any] = {}
     for name, spec in fields.items():
         if name not in frame or frame[name] is None:

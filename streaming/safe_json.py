@@ -65,12 +65,18 @@ def problem_in(value: Any) -> str | None:
     return None
 
 
+def utf8_text(text: str) -> str:
+    """`text` as UTF-8 can carry it: itself (no copy) if it can be, else with each lone surrogate
+    replaced by U+FFFD (and a surrogate pair split into two code points joined again). Every frame a
+    socket sends passes here."""
+    if text.isascii() or _encodable(text):
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def safe_text(text: str) -> str:
-    """Text with each lone surrogate and U+0000 replaced by U+FFFD (a surrogate pair split into two
-    code points is joined again)."""
-    if not _encodable(text):
-        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text.replace("\x00", "\ufffd")
+    """Text that can be stored and sent: utf8_text, with U+0000 replaced by U+FFFD too."""
+    return utf8_text(text).replace("\x00", "\ufffd")
 
 
 def storable(value: Any, *, depth: int = 0) -> Any:

@@ -26,12 +26,6 @@ def shout(text: str) -> str:
 
 
 @server.tool()
-def echo_json(text: str) -> Any:
-    """Return what Python's lenient json module makes of the text (NaN, lone surrogates and all)."""
-    return json.loads(text)
-
-
-@server.tool()
 def fail(reason: str) -> str:
     """Always fail, with the given reason."""
     # ToolError, not any exception: mcp 2.x hides other exceptions' messages from the client.
@@ -42,6 +36,14 @@ def fail(reason: str) -> str:
 def crash() -> str:
     """Exit the server process at once, without answering (for reconnect tests)."""
     os._exit(3)
+
+
+@server.tool()
+def echo_json(text: str) -> Any:
+    """Return what Python's lenient json module makes of the text (NaN, 1e999, huge integers, deep
+    nesting), except lone surrogates, which become "?": the SDK's serialiser (pydantic) refuses them
+    and its stdio writer would end the server (a Python server can never send one)."""
+    return json.loads(json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8", "replace"))
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +17,10 @@ from channels.db import database_sync_to_async
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 from chatrooms.models import Message, Room
-from chatrooms.protocol import FRAME_FIELDS, REF_MAX_LENGTH, Field
+from chatrooms.protocol import FRAME_FIELDS, Field, ProtocolError, frame_ref, parse_frame
 from streaming.models import Stream, StreamChunk
 from tests.factories import add_member, make_room, make_user
+from tests.hostile import HOSTILE_NUMBERS, HOSTILE_TEXT, HOSTILE_VALUES, hostile_json_text
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,6 +37,7 @@ MESSAGE_SYMBOLS = ["$own_question", "$own_answer", "$foreign_question", "$shared
 ANY_VALUE = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=30),
+    HOSTILE_NUMBERS, HOSTILE_TEXT,  # NaN, 1e999, lone surrogates, U+0000 (issue 14)
     st.lists(st.one_of(st.integers(), st.text(max_size=5)), max_size=3),
     st.dictionaries(st.text(max_size=8), st.one_of(st.integers(), st.text(max_size=8)), max_size=3),
 )
@@ -62,7 +65,7 @@ def value_for(name: str, spec: Field) -> st.SearchStrategy[Any]:
 def client_frames(draw: st.DrawFn) -> tuple[str, Any]:
     shape = draw(st.sampled_from(["frame"] * 6 + ["raw", "binary", "odd-type"]))
     if shape == "raw":
-        return "raw", draw(st.text(max_size=60))
+        return "raw", draw(st.one_of(st.text(max_size=60), HOSTILE_VALUES.map(hostile_json_text)))
     if shape == "binary":
         return "binary", draw(st.binary(max_size=30))
     kind = draw(st.sampled_from(sorted(FRAME_FIELDS)))
@@ -115,7 +118,10 @@ async def send_and_expect_answer(client: Any, shape: str, payload: Any, number: 
     else:
         await client.send(payload)
     ref = payload.get("ref") if shape != "raw" and shape != "binary" else None
-    usable_ref = isinstance(ref, str) and len(ref) <= REF_MAX_LENGTH
+    try:  # a frame that cannot be read (NaN, 1e999) has no ref to echo; a ref with U+0000 is not echoed
+        usable_ref = ref is not None and frame_ref(parse_frame(json.dumps(payload), None)) == ref
+    except ProtocolError:
+        usable_ref = False
     kind = payload.get("type") if shape == "frame" else None
     request_id = payload.get("requestId") if isinstance(kind, str) and kind in CHAT_FRAMES else None
 

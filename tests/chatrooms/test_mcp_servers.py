@@ -19,7 +19,7 @@ from config.mcp_config import parse_mcp_servers, parse_seconds
 from tests.servers import ROOT, free_port
 
 TEST_SERVER = str(Path(__file__).resolve().parent.parent / "mcp_test_server.py")
-TEST_TOOLS = ["add", "shout", "fail", "crash"]
+TEST_TOOLS = ["add", "shout", "fail", "crash", "echo_json"]
 # Each test waits this long at most for a server to come up; the usual start takes about a second.
 SERVER_START_SECONDS = 20
 
