@@ -106,7 +106,7 @@ class PendingToolCall(models.Model):
     class State(models.TextChoices):
         WAITING = "waiting"
         ANSWERED = "answered"
-        EXPIRED = "expired"  # TOOL_WAIT_SECONDS passed first
+        EXPIRED = "expired"  # TOOL_WAIT_SECONDS passed first, or its stream ended
 
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="+")
     # Answerable only while its stream is live; the stream's deletion takes it along.

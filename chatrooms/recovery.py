@@ -20,6 +20,7 @@ from . import events
 from .models import ROOM_STREAM_KEY_PREFIX, Message
 from .protocol import message_to_dict
 from .selectors import room_viewer_ids
+from .services import tool_waits_end
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ def stream_interrupt(*, stream: Stream, stale_seconds: float | None = None) -> M
         cutoff = stale_cutoff(stale_seconds)
         if not stream_finish(stream_id=stream.pk, status=Stream.Status.INTERRUPTED, if_stale_before=cutoff):
             return None
+        tool_waits_end(stream_id=stream.pk)
         message = Message.objects.select_related("room").filter(stream=stream, status=Message.Status.STREAMING).first()
         if message is None:
             return None

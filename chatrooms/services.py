@@ -496,6 +496,7 @@ def reply_finish(
     (the room was cleared or deleted, or a sweep found the stream stale)."""
     if not stream_finish(stream_id=start.stream_id, status=status):
         return None
+    tool_waits_end(stream_id=start.stream_id)
     message = (
         Message.objects.select_related("author", "room")
         .filter(pk=start.message_id, status=Message.Status.STREAMING)
@@ -679,6 +680,14 @@ def tool_wait_expire(*, stream_id: str, tool_call_id: str) -> ToolAnswer | None:
     wait.state = PendingToolCall.State.EXPIRED
     wait.save(update_fields=["state"])
     return None
+
+
+def tool_waits_end(*, stream_id: str | uuid.UUID) -> int:
+    """A finished stream's calls that still wait for a person wait no more: they expire, so that no
+    row says a call waits for an answer nobody can give. Called by whoever finishes the stream (its
+    reply, or the sweep that finds it stale); how many calls expired."""
+    return PendingToolCall.objects.filter(stream_id=stream_id, state=PendingToolCall.State.WAITING).update(
+        state=PendingToolCall.State.EXPIRED)
 
 
 def tool_answers_for_stream(*, stream_id: str) -> dict[str, ToolAnswer]:

@@ -81,9 +81,19 @@ def alice(client):
     return user
 
 
-def test_export_then_import_equals_the_original(client, alice):
+@pytest.fixture
+def two_models(settings):
+    """This server offers two models; the rooms of these tests use the one that is not the default,
+    so an import that drops a room's model shows."""
+    settings.LLM_MODEL = "openai/scripted"
+    settings.LLM_MODELS = ["openai/scripted=Scripted", "openai/other=Other"]
+    return "openai/other"
+
+
+def test_export_then_import_equals_the_original(client, alice, two_models):
     bob = make_user("bob")
     original = a_full_room(alice, bob)
+    services.room_configure(user=alice, room_id=original.pk, model=two_models)
     client.force_login(bob)  # a member may export, and imports into a room of their own
     exported = client.get(f"/rooms/{original.pk}/export.json")
     assert exported.status_code == 200 and exported["Content-Type"].startswith("application/json")
@@ -94,7 +104,8 @@ def test_export_then_import_equals_the_original(client, alice):
     assert answer.status_code == 302 and answer["Location"] == f"/rooms/{copy.pk}/"
     original.refresh_from_db()
     assert (copy.owner, copy.name, copy.model, copy.system_prompt, copy.created_at) == (
-        bob, original.name, original.model, "Answer briefly.", original.created_at)
+        bob, "Trip to Köln 🚆", "openai/other", "Answer briefly.", original.created_at)
+    assert (original.name, original.model, original.system_prompt) == (copy.name, copy.model, copy.system_prompt)
     before = list(Message.objects.filter(room=original).exclude(status="streaming").order_by("id"))
     after = list(Message.objects.filter(room=copy).order_by("id"))
     new_attachment = Attachment.objects.get(room=copy)

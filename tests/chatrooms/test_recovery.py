@@ -13,7 +13,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from chatrooms import services
-from chatrooms.models import Message
+from chatrooms.models import Message, PendingToolCall
 from chatrooms.recovery import streams_recover_stale
 from streaming.models import Stream, StreamChunk
 from tests.factories import make_room, make_user
@@ -47,6 +47,18 @@ def test_a_stale_stream_becomes_an_interrupted_message_from_its_stored_chunks():
     assert message.parts == [{"type": "step-start"}, {"type": "text", "text": "Half an answer"}]
     assert Stream.objects.get(pk=stream.pk).status == "interrupted"
     assert streams_recover_stale() == 0, "finished once only"
+
+
+def test_a_stale_streams_calls_that_wait_for_a_person_end_with_it():
+    _stale, placeholder = orphaned_stream()
+    _live, live_placeholder = orphaned_stream(age_seconds=1, username="bob")  # its call still waits
+    for message, call_id, state in ((placeholder, "call-1", "waiting"), (placeholder, "call-2", "answered"),
+                                    (live_placeholder, "call-3", "waiting")):
+        PendingToolCall.objects.create(room_id=message.room_id, stream_id=message.stream_id, tool_call_id=call_id,
+                                       tool_name="get_local_time", kind="client", state=state)
+    assert streams_recover_stale() == 1
+    assert dict(PendingToolCall.objects.values_list("tool_call_id", "state")) == {
+        "call-1": "expired", "call-2": "answered", "call-3": "waiting"}
 
 
 def test_a_live_stream_with_a_recent_heartbeat_is_left_alone():

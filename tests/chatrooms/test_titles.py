@@ -1,10 +1,12 @@
 """Automatic titles: a room still named by default is titled from its first exchange, once."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from channels.db import database_sync_to_async
 
-from chatrooms import services, titles
+from chatrooms import assistant, services, titles
 from chatrooms.models import DEFAULT_ROOM_NAME, Room
 from chatrooms.scripted_model_server import ScriptedReply
 from tests.factories import make_room, make_user
@@ -31,6 +33,18 @@ def test_the_heuristic_title_is_the_first_words_of_the_question(question, title)
 ])
 def test_a_models_title_is_cleaned(answer, title):
     assert titles.clean_model_title(answer) == title
+
+
+async def replies_and_titles_settled() -> None:
+    """Wait for this loop's replies to end, then for the title tasks they started.
+
+    A reply starts its title task after `stream.done` has gone out and before it leaves RUNNING,
+    so once the replies have ended every title task they will ever start is in `titles._pending`.
+    Asserting "no title call" any earlier passes before the call could have been made.
+    """
+    replies = [run.task for run in list(assistant.RUNNING.values()) if run.task is not None]
+    await asyncio.wait_for(asyncio.gather(*replies, return_exceptions=True), timeout=10)
+    await asyncio.wait_for(asyncio.gather(*list(titles._pending), return_exceptions=True), timeout=10)
 
 
 async def new_chat(connect, name: str = DEFAULT_ROOM_NAME):
@@ -64,7 +78,9 @@ async def test_a_default_named_room_gets_a_title_from_its_first_exchange(scripte
     scripted_model.enqueue(ScriptedReply(tokens=["Again."]))
     await client.send({"type": "chat.send", "requestId": "q2", "text": "And in winter?"})
     await client.receive_until("stream.done")
+    await replies_and_titles_settled()
     assert len(scripted_model.requests) == 3
+    assert (await database_sync_to_async(Room.objects.get)(pk=room_id)).name == "Spring trip to Lyon"
 
 
 async def test_a_failed_title_call_falls_back_to_the_first_words(scripted_model, connect):
@@ -79,12 +95,13 @@ async def test_a_failed_title_call_falls_back_to_the_first_words(scripted_model,
 
 
 async def test_a_room_a_person_named_is_never_retitled(scripted_model, connect):
-    _user, client, _room_id = await new_chat(connect, name="Budget")
+    _user, client, room_id = await new_chat(connect, name="Budget")
     scripted_model.enqueue(ScriptedReply(tokens=["Sure."]))
     await client.send({"type": "chat.send", "requestId": "q", "text": "Summarise it"})
     await client.receive_until("stream.done")
-    await client.receive_until("rooms")
+    await replies_and_titles_settled()
     assert len(scripted_model.requests) == 1
+    assert (await database_sync_to_async(Room.objects.get)(pk=room_id)).name == "Budget"
 
 
 def test_a_rename_before_the_title_wins():

@@ -254,7 +254,9 @@ async def test_cancel_while_waiting_ends_the_call_as_an_error_and_answers_find_n
     assert chunks_of(frames, "tool-output-error")[0]["toolCallId"] == call_id  # the stream says so too
     await client.send({"type": "tool.result", "requestId": "q1", "toolCallId": call_id, "output": {}})
     assert (await client.receive_until("error"))[-1]["code"] == "not_found"
-    assert await database_sync_to_async(PendingToolCall.objects.filter(state="waiting").count)() == 1  # its stream ended
+    # Its stream ended, and so did the wait: no row is left waiting for an answer.
+    states = await database_sync_to_async(lambda: list(PendingToolCall.objects.values_list("state", flat=True)))()
+    assert states == [PendingToolCall.State.EXPIRED]
 
 
 # -- dynamic client tools ----------------------------------------------------------------------

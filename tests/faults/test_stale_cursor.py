@@ -56,14 +56,21 @@ async def test_cursors_that_cannot_be_true_get_stale_cursor_and_a_full_replay(cl
         assert replayed_text(frames) == "".join(TOKENS), case
         assert sorted(reader.shown[stream_id]) == list(range(len(reader.shown[stream_id]))), case
 
-    # An honest cursor continues where it was, without the error; so does one at the head.
-    for since in ({"streamId": stream_id, "index": 4}, {"streamId": stream_id, "index": stored_through}):
+    # An honest cursor continues where it was, without the error: its replay is exactly the stored
+    # chunks after it, as the owner was shown them; one at the head replays nothing. The first cursor
+    # is just before the answer's text (deltas that arrive together are sent as one chunk, so a stream
+    # of 30 tokens may have only a few chunks): its replay holds all of the text, never nothing.
+    first_text = min(i for i, chunk in owner.shown[stream_id].items() if chunk["type"] == "text-delta")
+    assert 0 < first_text <= stored_through
+    for since in ({"streamId": stream_id, "index": first_text - 1}, {"streamId": stream_id, "index": stored_through}):
         reader.shown.clear()
         frames = await rejoin(reader, worker_b, room, since)
         assert "error" not in [f["type"] for f in frames]
         assert next(f for f in frames if f["type"] == "stream.resuming")["fromIndex"] == since["index"] + 1
-        shown = reader.shown.get(stream_id, {})
-        assert not shown or min(shown) == since["index"] + 1
+        after = range(since["index"] + 1, stored_through + 1)
+        assert reader.shown.get(stream_id, {}) == {i: owner.shown[stream_id][i] for i in after}, since
+        assert replayed_text(frames) == ("".join(TOKENS) if since["index"] < first_text else ""), since
+        assert frames[-1]["lastIndex"] == (stored_through if after else -1), since
 
     # A cursor a little beyond the end is found out when the stream ends: stale_cursor, then stream.done.
     reader.shown.clear()

@@ -32,7 +32,17 @@ async def test_a_worker_killed_mid_stream_and_restarted(cluster, sam):
     messages = (await on_a.join(room))[-1]["messages"]
     assert messages[-1]["status"] == "interrupted" and messages[-1]["content"] == text
 
-    # The other room was not disturbed: it chats as before, on the restarted worker too.
+    # The room chats again, on the restarted worker: the whole answer reaches its viewers on both
+    # workers and is stored.
+    again = [f"a{i} " for i in range(20)]
+    again_id = await start_answer(cluster, on_a, room, ScriptedReply(tokens=again), request_id="again")
+    for watcher in (on_a, on_b):
+        done = (await watcher.until("stream.done", streamId=again_id))[-1]
+        assert done["status"] == "complete" and done["message"]["content"] == "".join(again), watcher.name
+    await wait_until_finished(again_id)
+    assert await check_stream(again_id, [on_a, on_b], status="complete") == "".join(again)
+
+    # The other room was not disturbed: it chats as before.
     await other.send({"type": "chat.send", "roomId": quiet_room, "requestId": "after", "text": "still here"})
     done = (await other.until("stream.done"))[-1]
     assert done["status"] == "complete" and done["message"]["content"] == "Echo: still here"
