@@ -107,7 +107,9 @@ def download_url(attachment_id: int) -> str:
     return f"/attachments/{attachment_id}/"
 
 
-DOWNLOAD_URL = re.compile(r"^/attachments/\d+/$")
+# The one kind of URL a file part holds: this app's own download link (ASCII digits; `\Z`, since `$`
+# would also match before a final newline).
+DOWNLOAD_URL = re.compile(r"^/attachments/[0-9]{1,18}/\Z")
 
 
 def file_part(attachment: Any) -> dict[str, Any]:

@@ -6,12 +6,14 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.utils.dateparse import parse_datetime
 from django.utils.text import slugify
 
 from streaming.safe_json import InvalidJSON, UnsafeJSON, loads_strict, problem_in
 
+from .attachments import DOWNLOAD_URL
 from .models import ROOM_NAME_MAX_LENGTH, SYSTEM_PROMPT_MAX_LENGTH, Message, Room
 from .protocol import iso
 
@@ -281,6 +283,27 @@ def _check_part(part: Any, where: str) -> None:
             _object(part["approval"], f"{where}.approval")
         if "errorText" in part:
             _string(part["errorText"], f"{where}.errorText")
+    _check_url(part, kind, where)
+
+
+def _check_url(part: dict[str, Any], kind: str, where: str) -> None:
+    """A part's `url` is kept only in the form this app makes: a file part links to this app's download
+    of an attachment (`/attachments/<id>/`, re-pointed to the imported copy); any other part (a model's
+    `source-url`) to a web page over http or https. No `javascript:`, `data:` or other site's file."""
+    if "url" not in part:
+        return
+    url = part["url"]
+    if kind == "file":
+        if not (isinstance(url, str) and DOWNLOAD_URL.match(url)):
+            raise ImportRefused(f"`{where}.url` must be a link to one of the room's attachments "
+                                f"(/attachments/<id>/), not {_shown(url)}.")
+        return
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ImportRefused(f"`{where}.url` must be an http or https link, not {_shown(url)}.")
 
 
 def _checked_attachment(entry: Any, where: str) -> ImportedAttachment:

@@ -791,9 +791,15 @@ def _import_attachments(
     *, user: AbstractBaseUser, room: Room, messages: list[Message], imported: list[ImportedMessage]
 ) -> None:
     """Attachment rows for the imported messages; each file part that linked to the exported copy of
-    a file (same name and type) now links to the new one."""
+    a file (same name and type) now links to the new one. A file part whose file is not in the import
+    loses its link: the id was another server's (or room's), and here it would name some other file."""
     for message, entry in zip(messages, imported):
         if not entry.attachments:
+            if any(part.get("type") == "file" and "url" in part for part in message.parts):
+                for part in message.parts:
+                    if part.get("type") == "file":
+                        part.pop("url", None)
+                Message.objects.filter(pk=message.pk).update(parts=message.parts)
             continue
         created = Attachment.objects.bulk_create([
             Attachment(room=room, message=message, uploaded_by=user, filename=a.filename, media_type=a.media_type,
@@ -809,6 +815,8 @@ def _import_attachments(
             if same is not None:
                 unmatched.remove(same)
                 part["url"] = download_url(same.pk)
+            else:
+                del part["url"]
         Message.objects.filter(pk=message.pk).update(parts=message.parts)
 
 

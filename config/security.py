@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from pathlib import Path
+from typing import TextIO
 
+from django.core.checks.security.base import (
+    SECRET_KEY_INSECURE_PREFIX,
+    SECRET_KEY_MIN_LENGTH,
+    SECRET_KEY_MIN_UNIQUE_CHARACTERS,
+    _check_secret_key,
+)
 from django.core.exceptions import ImproperlyConfigured
 
 # Host names only this machine can reach the server by. A server whose DJANGO_ALLOWED_HOSTS are all
@@ -41,8 +49,18 @@ def local_secret_key(var_dir: Path) -> str:
 
 def secret_key_from_environment(*, value: str, debug: bool, allowed_hosts: list[str], var_dir: Path) -> str:
     """DJANGO_SECRET_KEY; without it, a machine-local key for a laptop (DEBUG on, or only loopback
-    host names), and a startup error for anything else: a server others can reach must have its own."""
+    host names), and a startup error for anything else: a server others can reach must have its own.
+    A server others can reach (any host name beyond loopback, DEBUG or not) also refuses a key that
+    Django's own deploy check (security.W009) calls weak: short, few distinct characters, or Django's
+    `django-insecure-` placeholder."""
     if value:
+        if not served_locally(allowed_hosts) and not _check_secret_key(value):
+            raise ImproperlyConfigured(
+                f"DJANGO_SECRET_KEY is too weak for a server others can reach ({', '.join(allowed_hosts)}, "
+                f"DJANGO_ALLOWED_HOSTS): it needs at least {SECRET_KEY_MIN_LENGTH} characters, at least "
+                f"{SECRET_KEY_MIN_UNIQUE_CHARACTERS} of them different, and must not start with "
+                f"{SECRET_KEY_INSECURE_PREFIX!r}. Make one with `python -c \"from django.core.management.utils "
+                f"import get_random_secret_key; print(get_random_secret_key())\"`.")
         return value
     if debug or served_locally(allowed_hosts):
         return local_secret_key(var_dir)
@@ -51,6 +69,15 @@ def secret_key_from_environment(*, value: str, debug: bool, allowed_hosts: list[
         "`python3 -c 'import secrets; print(secrets.token_urlsafe(50))'`): this server answers "
         f"{', '.join(allowed_hosts)} (DJANGO_ALLOWED_HOSTS), so it may not use a key made on this machine."
     )
+
+
+def warn_about_allowed_hosts(allowed_hosts: list[str], stream: TextIO | None = None) -> None:
+    """A loud line on stderr at every start while DJANGO_ALLOWED_HOSTS holds `*`: any Host header is
+    then answered (password-reset links and absolute URLs can be made to point elsewhere)."""
+    if "*" in allowed_hosts:
+        (stream or sys.stderr).write(
+            "WARNING: DJANGO_ALLOWED_HOSTS contains '*': this server answers any Host header. "
+            "List the host names it is reached by instead (for example DJANGO_ALLOWED_HOSTS=chat.example.com).\n")
 
 
 def proxy_ssl_header(value: str) -> tuple[str, str] | None:
@@ -64,3 +91,34 @@ def proxy_ssl_header(value: str) -> tuple[str, str] | None:
         raise ImproperlyConfigured(
             f"DJANGO_SECURE_PROXY_SSL_HEADER must look like `X-Forwarded-Proto: https`, not {value!r}.")
     return "HTTP_" + name.upper().replace("-", "_"), expected
+
+
+LOCKOUT_PARAMETERS = ("username", "ip_address")
+
+
+def login_lockout_parameters(value: str) -> list[str | list[str]]:
+    """LOGIN_LOCKOUT_BY as django-axes's AXES_LOCKOUT_PARAMETERS: comma-separated entries, each
+    `username`, `ip_address`, or both joined by `+` (counted together: that account from that address).
+    Each entry is counted on its own; any one at the limit refuses the login."""
+    entries: list[str | list[str]] = []
+    for entry in value.split(","):
+        names = [name.strip() for name in entry.split("+")]
+        if not entry.strip() or any(name not in LOCKOUT_PARAMETERS for name in names) or len(set(names)) != len(names):
+            raise ImproperlyConfigured(
+                f"LOGIN_LOCKOUT_BY must be comma-separated entries of {' or '.join(LOCKOUT_PARAMETERS)}, or both "
+                f"joined by + (for example `username,ip_address`), not {value!r}.")
+        entries.append(names[0] if len(names) == 1 else names)
+    return entries
+
+
+def positive_int(name: str, value: str, default: int) -> int:
+    """An environment variable that must be a whole number of at least 1 (its default when unset)."""
+    if not value.strip():
+        return default
+    try:
+        number = int(value.strip())
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ImproperlyConfigured(f"{name} must be a whole number of at least 1, not {value!r}.")
+    return number

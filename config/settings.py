@@ -6,7 +6,14 @@ from pathlib import Path
 import dj_database_url
 
 from config.mcp_config import parse_mcp_servers, parse_seconds
-from config.security import proxy_ssl_header, secret_key_from_environment, served_locally
+from config.security import (
+    login_lockout_parameters,
+    positive_int,
+    proxy_ssl_header,
+    secret_key_from_environment,
+    served_locally,
+    warn_about_allowed_hosts,
+)
 
 # litellm fetches a model price list from the internet at import unless this is set first.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -37,13 +44,17 @@ def env_list(name: str, default: list[str]) -> list[str]:
 # DANGEROUS: DJANGO_DEBUG=true shows tracebacks and settings to anyone who can reach the server.
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
+# DANGEROUS: `*` answers any Host header (and a loud warning says so at every start).
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+warn_about_allowed_hosts(ALLOWED_HOSTS)
+# Origins other than the site's own that may POST forms and open the WebSocket
+# (config/websocket_origin.py), e.g. `https://chat.example.com`. DANGEROUS: list only origins you control.
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 # Only loopback host names (the default): nobody but this machine can use the server, over plain http.
 SERVED_LOCALLY = served_locally(ALLOWED_HOSTS)
 
 # DANGEROUS: the secret signs sessions, CSRF tokens and password-reset links. Required on a server
-# others can reach (startup fails without it); a laptop (only loopback hosts, or DEBUG on) without it
+# others can reach (startup fails without it, or with one Django's deploy check calls weak); a laptop (only loopback hosts, or DEBUG on) without it
 # gets a random key of its own, made once in $CHATROOMS_VAR_DIR/secret_key (config/security.py).
 SECRET_KEY = secret_key_from_environment(value=os.environ.get("DJANGO_SECRET_KEY", "").strip(), debug=DEBUG,
                                          allowed_hosts=ALLOWED_HOSTS, var_dir=VAR_DIR)
@@ -81,6 +92,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "channels",
     "django_htmx",
     "template_partials",
@@ -98,7 +110,52 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: turns a refused (locked-out) login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# -- login throttling (django-axes; config/login_throttle.py) ----------------------------------
+# Failed logins on /accounts/login/ and /admin/login/ alike are counted per account and per address
+# (LOGIN_LOCKOUT_BY); at LOGIN_FAILURE_LIMIT failures within LOGIN_LOCKOUT_SECONDS, further logins
+# of that account, or from that address, are refused with 429 until LOGIN_LOCKOUT_SECONDS after the
+# last counted failure. Attempts while locked out are not counted (they do not prolong a lockout),
+# and a successful login clears its account's and address's failures: someone else's wrong
+# passwords can lock a user out for LOGIN_LOCKOUT_SECONDS at most at a time. Behind a proxy, daphne
+# needs --proxy-headers (deploy/chatrooms@.service has it), or every client shares the proxy's address.
+AUTHENTICATION_BACKENDS = [
+    "config.login_throttle.LoginThrottleBackend",  # first: refuses a locked-out login before any password check
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_FAILURE_LIMIT = positive_int("LOGIN_FAILURE_LIMIT", os.environ.get("LOGIN_FAILURE_LIMIT", ""), 10)
+LOGIN_LOCKOUT_SECONDS = positive_int("LOGIN_LOCKOUT_SECONDS", os.environ.get("LOGIN_LOCKOUT_SECONDS", ""), 300)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = "config.login_throttle.lockout_duration"  # LOGIN_LOCKOUT_SECONDS, read at each attempt
+AXES_LOCKOUT_PARAMETERS = login_lockout_parameters(os.environ.get("LOGIN_LOCKOUT_BY", "") or "username,ip_address")
+AXES_RESET_ON_SUCCESS = True
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "config.login_throttle.lockout_response"
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"  # shared by every worker, like the rooms
+AXES_DISABLE_ACCESS_LOG = True  # no row per successful login: only failures are kept, and only while they count
+AXES_VERBOSE = False  # no banner at every start
+
+# -- Content-Security-Policy (django-csp) on every HTML page -----------------------------------
+# Only this site's own script and styles run: no inline <script>, no inline event handlers, no
+# style attributes (templates keep theirs in static/chatrooms/). `'self'` in connect-src covers the
+# WebSocket (ws: and wss: of the same host) in CSP Level 3 browsers.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:", "blob:"],
+        "connect-src": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+        "base-uri": ["'self'"],
+        "object-src": ["'none'"],
+    },
+}
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"

@@ -1,6 +1,6 @@
 """Deployment settings: `check --deploy` is clean with production settings, a reachable server will not
-start without its own secret key, a laptop needs no environment at all, and every response carries
-the security headers."""
+start without its own secret key or with a weak one, `*` in the allowed hosts is warned about at start,
+a laptop needs no environment at all, and every response carries the security headers."""
 from __future__ import annotations
 
 import json
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from config.security import local_secret_key, proxy_ssl_header, secret_key_from_environment
 from tests.servers import ROOT
@@ -103,7 +104,11 @@ def test_the_helpers(tmp_path):
     key = local_secret_key(tmp_path)
     assert local_secret_key(tmp_path) == key
     assert not [path for path in tmp_path.iterdir() if path.name != "secret_key"]  # no drafts left behind
-    assert secret_key_from_environment(value="given", debug=False, allowed_hosts=["x.example"], var_dir=tmp_path) == "given"
+    strong = PRODUCTION["DJANGO_SECRET_KEY"]
+    assert secret_key_from_environment(value=strong, debug=False, allowed_hosts=["x.example"], var_dir=tmp_path) == strong
+    with pytest.raises(ImproperlyConfigured, match="too weak"):
+        secret_key_from_environment(value="given", debug=False, allowed_hosts=["x.example"], var_dir=tmp_path)
+    assert secret_key_from_environment(value="given", debug=False, allowed_hosts=["localhost"], var_dir=tmp_path) == "given"
     assert secret_key_from_environment(value="", debug=True, allowed_hosts=["x.example"], var_dir=tmp_path) == key
 
 
@@ -115,3 +120,67 @@ def test_every_response_carries_the_security_headers(client):
     assert response["X-Content-Type-Options"] == "nosniff"
     assert response["Referrer-Policy"] == "same-origin"
     assert response["Cross-Origin-Opener-Policy"] == "same-origin"
+
+
+@pytest.mark.parametrize("weak", [
+    "changeme",
+    "x" * 60,  # long, but one character
+    "django-insecure-" + "kq3v9XbT2rLw8PzN4mY7uH1cJ6sD0fG5aEQx2Rt9Vb3Nm8Kp4Ls7Wd1Zy6Hj0",
+    "kq3v-9XbT2r_Lw8PzN4mY7uH1cJ6sD0fG5aE-Qx2Rt9Vb3",  # 45 characters: under Django's 50
+])
+def test_a_reachable_server_will_not_start_with_a_weak_secret_key(tmp_path, weak):
+    done = run_django(["manage.py", "check"], {**PRODUCTION, "DJANGO_SECRET_KEY": weak}, tmp_path)
+    assert done.returncode != 0
+    assert "ImproperlyConfigured: DJANGO_SECRET_KEY is too weak for a server others can reach" in done.stderr
+    assert "get_random_secret_key()" in done.stderr  # how to make a good one
+    assert weak not in done.stderr  # the key itself is not echoed into logs
+
+
+def test_a_weak_key_refused_at_startup_with_debug_too(tmp_path):
+    done = run_django(["manage.py", "check"], {**PRODUCTION, "DJANGO_DEBUG": "true", "DJANGO_SECRET_KEY": "changeme"},
+                      tmp_path)
+    assert done.returncode != 0 and "DJANGO_SECRET_KEY is too weak" in done.stderr
+
+
+def test_a_laptop_may_use_any_key_it_is_given(tmp_path):
+    assert shown_settings({"DJANGO_SECRET_KEY": "changeme"}, tmp_path)["key"] == "changeme"
+
+
+def test_a_generated_key_passes(tmp_path):
+    from django.core.management.utils import get_random_secret_key
+
+    key = get_random_secret_key()
+    assert shown_settings({**PRODUCTION, "DJANGO_SECRET_KEY": key}, tmp_path)["key"] == key
+
+
+def test_allowed_hosts_star_warns_loudly_at_start(tmp_path):
+    done = run_django(["manage.py", "check"], {**PRODUCTION, "DJANGO_ALLOWED_HOSTS": "chat.example.com,*"}, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "WARNING: DJANGO_ALLOWED_HOSTS contains '*'" in done.stderr
+    quiet = run_django(["manage.py", "check"], PRODUCTION, tmp_path)
+    assert "DJANGO_ALLOWED_HOSTS" not in quiet.stderr
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("LOGIN_FAILURE_LIMIT", "0", "LOGIN_FAILURE_LIMIT must be a whole number of at least 1"),
+    ("LOGIN_LOCKOUT_SECONDS", "soon", "LOGIN_LOCKOUT_SECONDS must be a whole number of at least 1"),
+    ("LOGIN_LOCKOUT_BY", "user", "LOGIN_LOCKOUT_BY must be"),
+])
+def test_bad_login_throttling_settings_stop_startup(tmp_path, name, value, message):
+    done = run_django(["manage.py", "check"], {**PRODUCTION, name: value}, tmp_path)
+    assert done.returncode != 0 and message in done.stderr
+
+
+def test_login_throttling_settings_come_from_the_environment(tmp_path):
+    show = ("import json, django; django.setup(); from django.conf import settings as s; "
+            "print(json.dumps([s.AXES_FAILURE_LIMIT, s.LOGIN_LOCKOUT_SECONDS, s.AXES_LOCKOUT_PARAMETERS]))")
+    done = run_django(["-c", show], {**PRODUCTION, "LOGIN_FAILURE_LIMIT": "5", "LOGIN_LOCKOUT_SECONDS": "60",
+                                     "LOGIN_LOCKOUT_BY": "username+ip_address"}, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [5, 60, [["username", "ip_address"]]]
+
+
+@pytest.mark.django_db
+def test_every_page_carries_the_content_security_policy(client):
+    policy = client.get("/accounts/login/")["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "unsafe-inline" not in policy

@@ -241,12 +241,37 @@ BAD_FILES = {
 }
 
 
+def with_file_url(url) -> dict:
+    def change(document):
+        document["messages"][0]["parts"].append(
+            {"type": "file", "mediaType": "text/plain", "filename": "notes.txt", "url": url})
+    return broken(change)
+
+
+def with_source_url(url) -> dict:
+    return broken(lambda d: d["messages"][1]["parts"].append({"type": "source-url", "sourceId": "s1", "url": url}))
+
+
+FILE_URL_REFUSED = "`messages[0].parts[1].url` must be a link to one of the room's attachments (/attachments/"
+SOURCE_URL_REFUSED = "`messages[1].parts[1].url` must be an http or https link"
+BAD_FILES |= {
+    f"a file part linking to {url!r}": (with_file_url(url), FILE_URL_REFUSED)
+    for url in ["javascript:alert(document.cookie)", "JavaScript:alert(1)", "data:text/html,<script>alert(1)</script>",
+                "http://evil.example/attachments/1/", "//evil.example/attachments/1/", "/attachments/1/\n",
+                "/attachments/1/../../admin/", "/attachments/x/", "/attachments/\u0661/", "/rooms/1/", "", 5, None]
+} | {
+    f"a source part linking to {url!r}": (with_source_url(url), SOURCE_URL_REFUSED)
+    for url in ["javascript:alert(1)", "data:text/html,x", "vbscript:x", "/relative", "https://", 5]
+}
+
+
 @pytest.mark.parametrize("case", BAD_FILES)
 def test_a_bad_file_is_refused_with_a_clear_message_and_creates_nothing(client, alice, case):
     data, reason = BAD_FILES[case]
     response = client.post("/rooms/import/", {"file": upload(data)})
     assert response.status_code == 400
-    assert reason in response.content.decode().replace("&#x27;", "'").replace("&quot;", '"').replace("&lt;", "<")
+    shown = response.content.decode().replace("&#x27;", "'").replace("&quot;", '"').replace("&lt;", "<")
+    assert reason in shown, shown[shown.find("errorlist"):][:300]
     assert (Room.objects.count(), Message.objects.count(), Attachment.objects.count()) == (0, 0, 0)
 
 
@@ -306,3 +331,37 @@ def test_markdown_of_an_empty_room():
     assert export_markdown(document) == (
         "# Empty\n\n- Model: the default\n- Created: 2025-01-01 09:00 UTC\n- Exported: 2025-01-02 10:00 UTC\n"
         "- Messages: 0\n")
+
+
+def test_imported_urls_are_only_those_the_app_makes(client, alice):
+    """A file part keeps a link only to the imported copy of its file; a source part its web link."""
+    document = good_export()
+    document["messages"][0]["parts"] += [
+        {"type": "file", "mediaType": "text/plain", "filename": "notes.txt", "url": "/attachments/7/"},
+        {"type": "file", "mediaType": "text/plain", "filename": "gone.txt", "url": "/attachments/8/"},
+    ]
+    document["messages"][0]["attachments"] = [{"filename": "notes.txt", "mediaType": "text/plain", "text": "hi"}]
+    document["messages"][1]["parts"].append({"type": "source-url", "sourceId": "s1", "url": "https://example.org/a"})
+    # A message without attachments whose file part names another server's file.
+    document["messages"].append({"role": "user", "author": "zed", "content": "again", "status": "complete",
+                                 "createdAt": "2025-01-01T09:02:00Z",
+                                 "parts": [{"type": "file", "mediaType": "text/plain", "filename": "x.txt",
+                                            "url": "/attachments/1/"}]})
+    assert client.post("/rooms/import/", {"file": upload(document)}).status_code == 302
+    room = Room.objects.get()
+    first, answer, last = room.messages.order_by("id")
+    copy = Attachment.objects.get(room=room)
+    assert first.parts[1] == {"type": "file", "mediaType": "text/plain", "filename": "notes.txt",
+                              "url": f"/attachments/{copy.pk}/"}
+    assert first.parts[2] == {"type": "file", "mediaType": "text/plain", "filename": "gone.txt"}  # no file: no link
+    assert last.parts == [{"type": "file", "mediaType": "text/plain", "filename": "x.txt"}]
+    assert answer.parts[1]["url"] == "https://example.org/a"
+    page = client.get(f"/rooms/{room.pk}/").content.decode()
+    assert f'href="/attachments/{copy.pk}/"' in page and 'href="/attachments/8/"' not in page
+
+
+def test_a_javascript_url_never_reaches_the_api(client, alice):
+    response = client.post("/rooms/import/", {"file": upload(with_file_url("javascript:alert(1)"))})
+    assert response.status_code == 400 and "parts[1]" in response.content.decode()
+    assert client.get("/api/rooms/").json()["rooms"] == []
+    assert "javascript:" not in json.dumps([m.parts for m in Message.objects.all()])
