@@ -7,6 +7,7 @@ from channels.db import database_sync_to_async
 from chatrooms.models import Message, Room
 from chatrooms.scripted_model_server import ScriptedReply
 from streaming.models import Stream, StreamChunk
+from tests.chatrooms.test_access_recheck import shared_room_with_viewers
 from tests.chatrooms.test_chat_flow import joined_room, start_room, text_of
 from tests.factories import add_member, make_room, make_user
 
@@ -151,22 +152,15 @@ async def test_edit_replaces_a_message_and_drops_everything_after_it(scripted_mo
 
 
 async def test_clear_and_delete_cancel_a_live_stream_and_remove_everything(scripted_model, connect):
-    alice = await database_sync_to_async(make_user)("alice")
-    bob = await database_sync_to_async(make_user)("bob")
-    room = await database_sync_to_async(make_room)(alice, "Shared")
-    await database_sync_to_async(add_member)(room, bob)
-    owner, member = await connect(alice), await connect(bob)
-    for client in (owner, member):
-        await client.send({"type": "room.join", "roomId": str(room.pk)})
-        await client.receive_until("messages")
+    alice, room, owner, member = await shared_room_with_viewers(connect)
     scripted_model.enqueue(ScriptedReply(tokens=["x"], hold_open=True))
     await owner.send({"type": "chat.send", "requestId": "q", "text": "hi"})
-    await member.receive_until("stream.chunk")
+    await member.receive_until_text("x")  # the model is answering: its request is open
 
     await owner.send({"type": "room.clear", "roomId": str(room.pk)})
     frames = await member.receive_until("room.cleared")
     assert frames[-1] == {"type": "room.cleared", "roomId": str(room.pk)}
-    assert await database_sync_to_async(scripted_model.client_disconnected.wait)(2)
+    assert await database_sync_to_async(scripted_model.client_disconnected.wait)(10)
     assert await database_sync_to_async(Message.objects.filter(room=room).count)() == 0
     assert await database_sync_to_async(Stream.objects.count)() == 0 and await database_sync_to_async(StreamChunk.objects.count)() == 0
     rooms = (await member.receive_until("rooms"))[-1]["rooms"]
