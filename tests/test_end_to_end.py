@@ -10,6 +10,7 @@ from http.cookiejar import CookieJar
 
 import pytest
 import websockets
+import websockets.exceptions
 from channels.db import database_sync_to_async
 
 from chatrooms.models import Message, Room
