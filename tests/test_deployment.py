@@ -66,12 +66,15 @@ def nginx_conf_with_test_certificate(cert: Path, key: Path) -> str:
     return replaced(text, f"/etc/letsencrypt/live/{SITE}/privkey.pem", str(key))
 
 
+def listening_on(text: str, http_port: int, https_port: int) -> str:
+    text = replaced(text, "listen 80 ", f"listen 127.0.0.1:{http_port} ")  # the default server
+    text = replaced(text, "listen 80;", f"listen 127.0.0.1:{http_port};")
+    return replaced(text, "listen 443 ", f"listen 127.0.0.1:{https_port} ", count=2)
+
+
 def nginx_conf_for_test(cert: Path, key: Path, *, http_port: int, https_port: int, workers: list[int],
                         static_root: Path) -> str:
-    text = nginx_conf_with_test_certificate(cert, key)
-    text = replaced(text, "listen 80 ", f"listen 127.0.0.1:{http_port} ", count=1)  # the default server
-    text = replaced(text, "listen 80;", f"listen 127.0.0.1:{http_port};", count=1)
-    text = replaced(text, "listen 443 ", f"listen 127.0.0.1:{https_port} ", count=2)
+    text = listening_on(nginx_conf_with_test_certificate(cert, key), http_port, https_port)
     text = replaced(text, "server 127.0.0.1:8001 ", f"server 127.0.0.1:{workers[0]} ")
     text = replaced(text, "server 127.0.0.1:8002 ", f"server 127.0.0.1:{workers[1]} ")
     return replaced(text, "alias /srv/chatrooms/staticfiles/;", f"alias {static_root}/;")
@@ -193,8 +196,7 @@ class Deployment:
         port = self.https_port if https else self.http_port
         raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=(client, 0))
         conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
-        # A name other than the site's is tried without checking the certificate: only nginx may refuse it.
-        tls = self.tls if sni == SITE else ssl._create_unverified_context()  # noqa: S323
+        tls = self.tls if sni == SITE else unchecked_tls()
         conn.sock = tls.wrap_socket(raw, server_hostname=sni) if https else raw
         try:
             conn.request(method, path, body=body, headers=headers or {})
@@ -204,15 +206,19 @@ class Deployment:
             conn.close()
 
     def log_in(self, username: str, *, client: str = "127.0.0.1") -> str:
-        """Django's login form over HTTPS through nginx, as a browser does it; returns the Cookie header."""
+        """Django's login form over HTTPS through nginx, as a script does it (a Referer, no Origin);
+        returns the Cookie header."""
         page = self.request("GET", "/accounts/login/", client=client)
         assert page.status == 200, page.body[:500]
         cookies = dict(cookie_pairs(page.headers))
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.body).group(1)
         form = urllib.parse.urlencode({"username": username, "password": PASSWORD, "csrfmiddlewaretoken": token})
-        landed = self.request("POST", "/accounts/login/", body=form, client=client, headers={
-            "Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie_header(cookies),
-            "Referer": f"{ORIGIN}/accounts/login/", "Origin": ORIGIN})
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie_header(cookies)}
+        # Django sees the request as HTTPS (X-Forwarded-Proto from nginx), so it wants a Referer of the site.
+        refused = self.request("POST", "/accounts/login/", body=form, client=client, headers=headers)
+        assert refused.status == 403 and "Referer" in refused.body, refused.status
+        landed = self.request("POST", "/accounts/login/", body=form, client=client,
+                              headers={**headers, "Referer": f"{ORIGIN}/accounts/login/"})
         assert landed.status == 302, f"login answered {landed.status}: {landed.body[:500]}"
         assert landed.headers["Location"] in ("/", f"{ORIGIN}/")
         set_cookies = landed.headers.get_all("Set-Cookie") or []
@@ -249,6 +255,14 @@ class Deployment:
                     return worker
             assert time.monotonic() < deadline, f"no worker logged {request} from {client}"
             time.sleep(0.05)
+
+
+def unchecked_tls() -> ssl.SSLContext:
+    """For a name other than the site's: no certificate check, so that only nginx may refuse it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def cookie_pairs(headers: http.client.HTTPMessage) -> list[tuple[str, str]]:
@@ -310,8 +324,11 @@ def deployment(django_db_setup, model_server, redis_url):  # noqa: F811
             "CHATROOMS_VAR_DIR": str(var_dir),
             "SIGNUP_ENABLED": "false",
             "DJANGO_DEBUG": "false",
-            # The access log (daphne writes it to stdout) reaches the log file line by line.
-            "PYTHONUNBUFFERED": "1",
+            # daphne writes its access log to stdout, block-buffered when that is not a terminal (a file
+            # here, the journal under systemd): without PYTHONUNBUFFERED=1 the lines with the clients'
+            # addresses arrive in 8 KiB bursts. The unit should set it (Environment=); this one is
+            # blanked, since this machine's environment may set it for every process.
+            "PYTHONUNBUFFERED": unit_environment().get("PYTHONUNBUFFERED", "1"),
             # A killed worker's streams are found stale in seconds, not the default 30.
             **scripted_worker_env(model_server, STREAM_HEARTBEAT_SECONDS="1", STREAM_STALE_SECONDS="3"),
         }
@@ -358,14 +375,26 @@ def sam():
     return make_user("sam", PASSWORD)
 
 
+@pytest.fixture
+def deployment_then_stopped(deployment):
+    """The deployment, for its last test: afterwards its workers stop (SIGTERM), before the test's
+    database is emptied (their sweep for stale streams, running during that TRUNCATE, can deadlock it)."""
+    yield deployment
+    for worker in deployment.workers:
+        worker.stop()
+
+
 def test_nginx_accepts_the_config_as_shipped(tmp_path):
-    """`nginx -t` on deploy/nginx.conf as an operator installs it: only the certificate paths differ."""
+    """`nginx -t` on deploy/nginx.conf as an operator installs it: only the certificate paths differ
+    (and, when the test does not run as root, the ports: `nginx -t` binds them, and only root may
+    bind 80 and 443)."""
     nginx = nginx_binary()
     require_service("nginx", nginx is not None, "install nginx (apt-get install nginx)")
     require_service("openssl", shutil.which("openssl") is not None, "install openssl")
     cert, key = make_certificate(tmp_path)
     site_conf, main_conf = tmp_path / "chatrooms.conf", tmp_path / "nginx.conf"
-    site_conf.write_text(nginx_conf_with_test_certificate(cert, key))
+    text = nginx_conf_with_test_certificate(cert, key)
+    site_conf.write_text(text if os.geteuid() == 0 else listening_on(text, free_port(), free_port()))
     main_conf.write_text(nginx_main_conf(tmp_path, site_conf))
     checked = nginx_test(nginx, tmp_path, main_conf)
     assert checked.returncode == 0, checked.stderr
@@ -418,9 +447,11 @@ def test_a_request_for_another_host_gets_no_answer_and_real_addresses_reach_the_
     assert "198.51.100.7" not in logged and "/unknown-host-probe" not in logged
 
 
-async def test_log_in_stream_across_workers_and_recover_a_killed_worker(deployment, sam):
+async def test_log_in_stream_across_workers_and_recover_a_killed_worker(deployment_then_stopped, sam):
     """Log in over https; a stream started through nginx is seen live on the other worker; its worker
-    is killed mid-answer; the other worker ends it `interrupted` and the room takes a new question."""
+    is killed mid-answer; the other worker ends it `interrupted` and the room takes a new question.
+    (The module's last test: it kills one worker, and the other stops after it.)"""
+    deployment = deployment_then_stopped
     model_server = deployment.model_server
     model_server.reset()
     cookie = await asyncio.to_thread(deployment.log_in, "sam", client="127.0.0.3")
