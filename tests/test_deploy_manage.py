@@ -159,3 +159,25 @@ def test_someone_else_is_refused(open_dir):
 def test_an_unknown_service_user_is_refused(tmp_path):
     done = run_wrapper(["migrate"], CHATROOMS_ENV_FILE=str(filled_in(tmp_path)), CHATROOMS_USER="no-such-user-15")
     assert done.returncode == 2 and "no user no-such-user-15 (CHATROOMS_USER)" in done.stderr
+
+
+def test_the_unit_the_readme_and_the_docs_agree():
+    from chatrooms.server_processes import DAPHNE_OPTIONS
+
+    unit = (ROOT / "deploy" / "chatrooms@.service").read_text()
+    readme = (ROOT / "README.md").read_text()
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    daphne_lines = [exec_start] + [line for line in readme.splitlines() if line.startswith(".venv/bin/daphne ")]
+    assert len(daphne_lines) == 3
+    for line in daphne_lines:
+        assert " ".join(DAPHNE_OPTIONS) in line and "--proxy-headers" in line, line
+    # One install that cannot drift from the checkout the services run, and every command through the wrapper.
+    installs = [line for line in docs.splitlines() if "pip install" in line and line.lstrip().startswith("sudo")]
+    assert len(installs) == 2 and all("pip install -e ." in line for line in installs), installs
+    assert "WorkingDirectory=/srv/chatrooms\n" in unit and "EnvironmentFile=/etc/chatrooms.env\n" in unit
+    assert "manage.py migrate" not in docs and "sudo deploy/manage migrate" in docs
+    assert "root /srv/chatrooms/deploy/manage cleanup_streams" in docs
+    assert "DJANGO_SECURE_PROXY_SSL_HEADER='X-Forwarded-Proto: https'" in docs
+    for code in EXPECTED_DEPLOY_WARNINGS:
+        assert f"`{code}`" in docs
