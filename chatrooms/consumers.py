@@ -322,10 +322,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         assistant.start_reply(start)
 
     async def on_chat_cancel(self, *, ref: str | None, requestId: str) -> None:  # noqa: N803
-        found = await database_sync_to_async(self._cancel)(requestId)
-        if not found:
+        stream_id = await database_sync_to_async(self._cancel)(requestId)
+        if stream_id is None:
             raise ActionRefused("not_found", "No answer with that requestId is streaming.")
         await self.send_json(_with_ref({"type": "ack"}, ref))
+        # Its worker may be gone (killed): then nobody would act on the cancel until the stale sweep.
+        recovery.finish_cancelled_if_orphaned(stream_id)
 
     async def on_tool_result(self, *, ref: str | None, requestId: str, toolCallId: str, output: Any) -> None:  # noqa: N803
         await database_sync_to_async(services.tool_call_answer)(
@@ -341,11 +343,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         await self.send_json(_with_ref({"type": "ack"}, ref))
 
-    def _cancel(self, request_id: str) -> bool:
+    def _cancel(self, request_id: str) -> str | None:
+        """The id of the stream asked to stop, None if no such answer is streaming."""
         live = selectors.live_stream_for_user_request(
             user=self.user, request_id=request_id, prefer_room_id=self.active_room
         )
-        return live is not None and services.chat_cancel(user=self.user, room=live[0], stream_id=live[1].stream_id)
+        if live is None or not services.chat_cancel(user=self.user, room=live[0], stream_id=live[1].stream_id):
+            return None
+        return live[1].stream_id
 
     async def _room_to_stream_in(self, room_id: str | None) -> str:
         """The room a chat frame is for. Naming a room that is not active joins it first, so that the

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 
+from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
@@ -55,3 +57,26 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     healthy = database.startswith("ok") and layer.startswith("ok")
     return JsonResponse({"status": "ok" if healthy else "failing", "database": database, "channelLayer": layer},
                         status=200 if healthy else 503)
+
+
+def _from_this_machine(request: HttpRequest) -> bool:
+    try:
+        return ipaddress.ip_address(request.META.get("REMOTE_ADDR", "")).is_loopback
+    except ValueError:  # no address, or a Unix socket's path
+        return False
+
+
+class LocalHealthCheckMiddleware:
+    """Answers `GET /healthz` from this machine (a loopback client address) before any other middleware:
+    a plain `curl http://127.0.0.1:8001/healthz` gets its 200 whatever its Host header (ALLOWED_HOSTS)
+    and scheme (DJANGO_SSL_REDIRECT). Only that one path, and only from loopback; everything else,
+    /healthz from elsewhere included, goes through the usual checks. Behind nginx with daphne's
+    --proxy-headers the client address is the one nginx forwards, so outside clients are not exempt."""
+
+    def __init__(self, get_response) -> None:  # noqa: ANN001
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest):  # noqa: ANN204
+        if request.path_info == "/healthz" and _from_this_machine(request):
+            return async_to_sync(healthz)(request)
+        return self.get_response(request)

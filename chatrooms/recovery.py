@@ -75,6 +75,40 @@ def streams_recover_stale(*, room_id: int | None = None, stale_seconds: float | 
     return finished
 
 
+def orphan_seconds() -> float:
+    """How old the heartbeat of a stream someone cancelled must be for its worker to count as gone: two
+    missed beats (STREAM_HEARTBEAT_SECONDS), and never more than STREAM_STALE_SECONDS."""
+    return min(settings.STREAM_STALE_SECONDS, 2 * settings.STREAM_HEARTBEAT_SECONDS + 1)
+
+
+def stream_interrupt_if_orphaned(*, stream_id: str) -> Message | None:
+    """Finish a cancelled stream now, as `interrupted` from its stored chunks, if its worker missed two
+    heartbeats: a live worker would have ended it on the cancel; a dead one never will, and the room
+    would stay busy until the stale sweep. None if it is not orphaned (or already finished)."""
+    stream = Stream.objects.filter(pk=stream_id, status=Stream.Status.STREAMING).first()
+    return None if stream is None else stream_interrupt(stream=stream, stale_seconds=orphan_seconds())
+
+
+_after_cancel: set[asyncio.Task[None]] = set()
+
+
+def finish_cancelled_if_orphaned(stream_id: str) -> None:
+    """After a cancel: end the stream at once if its worker is gone, else look again once two heartbeats
+    have passed (a live worker has ended it by then; a killed one has not beaten)."""
+    async def finish() -> None:
+        interrupt = database_sync_to_async(stream_interrupt_if_orphaned, thread_sensitive=False)
+        try:
+            if await interrupt(stream_id=stream_id) is None:
+                await asyncio.sleep(orphan_seconds())
+                await interrupt(stream_id=stream_id)
+        except DatabaseError:  # the stale sweep finishes it later anyway
+            logger.warning("cancelled stream %s could not be checked for a lost worker", stream_id, exc_info=True)
+
+    task = asyncio.get_running_loop().create_task(finish(), name=f"cancelled-stream-{stream_id}")
+    _after_cancel.add(task)
+    task.add_done_callback(_after_cancel.discard)
+
+
 _sweeper: asyncio.Task[None] | None = None
 
 

@@ -93,6 +93,16 @@ def proxy_ssl_header(value: str) -> tuple[str, str] | None:
     return "HTTP_" + name.upper().replace("-", "_"), expected
 
 
+def refuse_sqlite_for_reachable_server(*, engine: str, allowed_hosts: list[str], allowed: bool) -> None:
+    """Stop startup on SQLite when DJANGO_ALLOWED_HOSTS names a host beyond loopback, unless allowed."""
+    if engine == "django.db.backends.sqlite3" and not served_locally(allowed_hosts) and not allowed:
+        raise ImproperlyConfigured(
+            f"This server answers {', '.join(allowed_hosts)} (DJANGO_ALLOWED_HOSTS) but has no DATABASE_URL, or "
+            "a SQLite one: was the environment loaded? Run management commands with deploy/manage, which "
+            "loads /etc/chatrooms.env. Set DATABASE_URL=postgres://..., or CHATROOMS_ALLOW_SQLITE=true to "
+            "serve from SQLite on purpose (one worker only).")
+
+
 LOCKOUT_PARAMETERS = ("username", "ip_address")
 
 

@@ -10,6 +10,7 @@ from config.security import (
     login_lockout_parameters,
     positive_int,
     proxy_ssl_header,
+    refuse_sqlite_for_reachable_server,
     secret_key_from_environment,
     served_locally,
     warn_about_allowed_hosts,
@@ -101,6 +102,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: a local health check (`curl http://127.0.0.1:8001/healthz`) answers without the Host and
+    # HTTPS checks below; only that path, only from loopback (chatrooms/health.py).
+    "chatrooms.health.LocalHealthCheckMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -195,6 +199,11 @@ else:
             "TEST": {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")},
         }
     }
+# A server others reach runs several workers on one PostgreSQL; SQLite there is nearly always an
+# environment that did not arrive (a command run without /etc/chatrooms.env would migrate a new, empty
+# file). DANGEROUS: CHATROOMS_ALLOW_SQLITE=true serves the public from SQLite (one worker only).
+refuse_sqlite_for_reachable_server(engine=DATABASES["default"]["ENGINE"], allowed_hosts=ALLOWED_HOSTS,
+                                   allowed=env_bool("CHATROOMS_ALLOW_SQLITE", False))
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and DATABASE_URL:
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
@@ -257,11 +266,18 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(os.environ.get("DJANGO_STATIC_ROOT", BASE_DIR / "staticfiles"))
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missing one before collectstatic
+# Hashed names (`chat.3f2a9c1b.js`, from the manifest collectstatic writes): a server's files may be
+# cached for long (nginx: `expires 30d`) and an upgrade still reaches every browser at once. On by
+# default, except on a laptop (SERVED_LOCALLY or DEBUG) and in the test suite, which never run
+# collectstatic. With it on, collectstatic must run before the workers start, or pages fail with
+# "Missing staticfiles manifest entry".
+STATIC_MANIFEST = env_bool("DJANGO_STATIC_MANIFEST", not (DEBUG or SERVED_LOCALLY))
 # WhiteNoise serves static files from every worker: the collected ones, and (so that a checkout
 # that never ran collectstatic, like the test suite, still has them) the apps' own.
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage" if STATIC_MANIFEST
+                    else "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
 

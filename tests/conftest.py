@@ -13,7 +13,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 import config.asgi  # noqa: F401  (set up once now: django.setup() re-applies LOGGING, which would drop caplog's handler mid-test)
-from chatrooms import assistant
+from chatrooms import assistant, recovery
 from chatrooms.scripted_model_server import ScriptedModelServer
 from tests.servers import DaphneWorker, scripted_worker_env
 
@@ -82,6 +82,7 @@ async def replies_settled() -> None:
     """After the test, let replies that are still running end, so none leaks into the next test."""
     yield
     running = [run.task for run in list(assistant.RUNNING.values()) if run.task]
+    running += list(recovery._after_cancel)  # a cancel's later look for a lost worker
     for task in running:
         task.cancel()
     if running:
@@ -198,6 +199,7 @@ def connect_factory():
         async def close_all() -> None:
             await close_clients(clients)
             running = [run.task for run in list(assistant.RUNNING.values()) if run.task]
+            running += list(recovery._after_cancel)
             for task in running:
                 task.cancel()
             if running:

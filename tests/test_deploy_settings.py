@@ -26,6 +26,8 @@ PRODUCTION = {
     "DJANGO_HSTS_SECONDS": "31536000",
     "DJANGO_HSTS_INCLUDE_SUBDOMAINS": "true",
     "DJANGO_HSTS_PRELOAD": "true",
+    # Nothing listens there: no command below connects to the database.
+    "DATABASE_URL": "postgres://chatrooms:secret@127.0.0.1:1/chatrooms",
 }
 
 SHOW_SETTINGS = (
@@ -64,7 +66,7 @@ def test_production_settings_are_secure(tmp_path):
 
 
 def test_cookies_are_secure_by_default_on_a_reachable_server_and_can_be_opted_out(tmp_path):
-    reachable = {"DJANGO_SECRET_KEY": PRODUCTION["DJANGO_SECRET_KEY"], "DJANGO_ALLOWED_HOSTS": "chat.example.com"}
+    reachable = {name: PRODUCTION[name] for name in ("DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DATABASE_URL")}
     assert shown_settings(reachable, tmp_path)["session_secure"] is True
     plain_http = shown_settings({**reachable, "DJANGO_HTTPS": "false"}, tmp_path)
     assert plain_http["session_secure"] is False and plain_http["csrf_secure"] is False
@@ -184,3 +186,52 @@ def test_login_throttling_settings_come_from_the_environment(tmp_path):
 def test_every_page_carries_the_content_security_policy(client):
     policy = client.get("/accounts/login/")["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "unsafe-inline" not in policy
+
+
+@pytest.mark.parametrize("database_url", ["", "sqlite:////srv/chatrooms/var/db.sqlite3"])
+def test_a_reachable_server_will_not_start_on_sqlite_unless_told(tmp_path, database_url):
+    """A command run without the environment file would otherwise migrate a new, empty SQLite file."""
+    on_sqlite = {**PRODUCTION, "DATABASE_URL": database_url}
+    done = run_django(["manage.py", "check"], on_sqlite, tmp_path)
+    assert done.returncode != 0
+    assert "ImproperlyConfigured: This server answers chat.example.com (DJANGO_ALLOWED_HOSTS) but has no " \
+           "DATABASE_URL, or a SQLite one" in done.stderr
+    assert "deploy/manage" in done.stderr and "CHATROOMS_ALLOW_SQLITE=true" in done.stderr
+    assert not (tmp_path / "db.sqlite3").exists()
+    allowed = run_django(["manage.py", "check"], {**on_sqlite, "CHATROOMS_ALLOW_SQLITE": "true"}, tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_static_files_get_hashed_names_on_a_server_and_plain_ones_on_a_laptop(tmp_path):
+    show = "import django; django.setup(); from django.conf import settings as s; print(s.STORAGES['staticfiles']['BACKEND'])"
+    assert run_django(["-c", show], PRODUCTION, tmp_path).stdout.strip() == \
+        "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    assert run_django(["-c", show], {}, tmp_path).stdout.strip() == "whitenoise.storage.CompressedStaticFilesStorage"
+    assert run_django(["-c", show], {**PRODUCTION, "DJANGO_STATIC_MANIFEST": "false"}, tmp_path).stdout.strip() == \
+        "whitenoise.storage.CompressedStaticFilesStorage"
+
+
+@pytest.mark.django_db
+def test_pages_reference_hashed_static_files_after_collectstatic(settings, tmp_path):
+    """After an upgrade a changed chat.js has a new name, so `expires 30d` in nginx keeps no stale copy."""
+    from django.core.management import call_command
+    from django.test import Client
+
+    from tests.factories import make_room, make_user
+
+    settings.STATIC_ROOT = tmp_path / "staticfiles"
+    settings.STORAGES = {**settings.STORAGES, "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"}}
+    call_command("collectstatic", "--noinput", verbosity=0)
+    manifest = json.loads((tmp_path / "staticfiles" / "staticfiles.json").read_text())["paths"]
+    client = Client()
+    user = make_user()
+    client.force_login(user)
+    room = make_room(owner=user)
+    page = client.get(f"/rooms/{room.pk}/").content.decode()
+    for name in ("chatrooms/app.css", "chatrooms/chat.js", "chatrooms/attachments.js", "chatrooms/highlight.css",
+                 "django_htmx/htmx-2.min.js"):
+        assert manifest[name] != name and f"/static/{manifest[name]}" in page, name
+        assert f"/static/{name}" not in page
+    served = Client().get(f"/static/{manifest['chatrooms/chat.js']}")
+    assert served.status_code == 200 and "immutable" in served["Cache-Control"]

@@ -1,6 +1,8 @@
 """Accounts over HTTP: sign-up (which a setting turns off), login with Django's form, logout."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from django.contrib.auth import get_user_model
 
@@ -54,3 +56,22 @@ def test_static_files_are_served_by_the_app_itself(client):
     response = client.get("/static/chatrooms/app.css")
     assert response.status_code == 200
     assert b".topbar" in b"".join(response.streaming_content)
+
+
+def test_the_readmes_script_login_works_over_https():
+    """The README's "Talking to it from a script", step by step, against a request that came over HTTPS,
+    where Django's CSRF check also wants a Referer (a script sends none unless told to)."""
+    from django.test import Client
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert 'headers={"Referer": f"{BASE}/accounts/login/"}' in readme  # what the example sends
+    make_user("alice", "correct-horse-battery")
+    base = "https://testserver"
+    script = Client(enforce_csrf_checks=True)
+    assert script.get("/accounts/login/", secure=True).status_code == 200
+    csrf = script.cookies["csrftoken"].value
+    form = {"username": "alice", "password": "correct-horse-battery", "csrfmiddlewaretoken": csrf}
+    without_referer = script.post("/accounts/login/", form, secure=True)
+    assert without_referer.status_code == 403  # the example as it was
+    response = script.post("/accounts/login/", form, secure=True, HTTP_REFERER=f"{base}/accounts/login/")
+    assert response.status_code == 302 and script.cookies["sessionid"].value

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from chatrooms import services
 from chatrooms.models import Message, PendingToolCall
-from chatrooms.recovery import streams_recover_stale
+from chatrooms.recovery import orphan_seconds, stream_interrupt_if_orphaned, streams_recover_stale
 from streaming.models import Stream, StreamChunk
 from tests.factories import make_room, make_user
 
@@ -124,3 +124,45 @@ def test_cleanup_streams_deletes_only_old_finished_chunks():
     assert StreamChunk.objects.count() == 2 * len(CHUNKS)
     call_command("cleanup_streams", "--batch-size", "2", stdout=StringIO())
     assert list(StreamChunk.objects.values_list("stream_id", flat=True).distinct()) == [live.pk]
+
+
+def test_a_cancelled_stream_is_finished_at_once_only_if_its_worker_missed_two_heartbeats(settings):
+    settings.STREAM_HEARTBEAT_SECONDS, settings.STREAM_STALE_SECONDS = 5, 30
+    assert orphan_seconds() == 11
+    _beating, beating = orphaned_stream(age_seconds=4)
+    assert stream_interrupt_if_orphaned(stream_id=str(beating.stream_id)) is None
+    assert Message.objects.get(pk=beating.pk).status == "streaming"
+    _gone, gone = orphaned_stream(age_seconds=12, username="bob")  # not yet stale (30 s), but two beats missed
+    finished = stream_interrupt_if_orphaned(stream_id=str(gone.stream_id))
+    assert (finished.status, finished.content) == ("interrupted", "Half an answer")
+    assert stream_interrupt_if_orphaned(stream_id=str(gone.stream_id)) is None  # once only
+    settings.STREAM_HEARTBEAT_SECONDS = 60
+    assert orphan_seconds() == 30  # never later than the sweep
+
+
+async def test_cancelling_an_answer_whose_worker_is_gone_ends_it_at_once(connect, settings):
+    settings.STREAM_HEARTBEAT_SECONDS, settings.STREAM_STALE_SECONDS = 5, 30
+    _stream, placeholder = await database_sync_to_async(orphaned_stream)(age_seconds=12)
+    user = await database_sync_to_async(lambda: placeholder.room.owner)()
+    client = await connect(user)
+    await client.send({"type": "room.join", "roomId": str(placeholder.room_id)})
+    await client.receive_until("messages")
+    # The join's sweep leaves it: not yet STREAM_STALE_SECONDS old.
+    assert await database_sync_to_async(lambda: Message.objects.get(pk=placeholder.pk).status)() == "streaming"
+    await client.send({"type": "chat.cancel", "requestId": "r", "ref": "c1"})
+    done = (await client.receive_until("stream.done", timeout=5))[-1]
+    assert done["status"] == "interrupted" and done["message"]["content"] == "Half an answer"
+
+
+async def test_cancelling_an_answer_whose_worker_just_died_ends_it_after_two_heartbeats(connect, settings):
+    settings.STREAM_HEARTBEAT_SECONDS, settings.STREAM_STALE_SECONDS = 1, 30
+    _stream, placeholder = await database_sync_to_async(orphaned_stream)(age_seconds=0)
+    user = await database_sync_to_async(lambda: placeholder.room.owner)()
+    client = await connect(user)
+    await client.send({"type": "room.join", "roomId": str(placeholder.room_id)})
+    await client.receive_until("messages")
+    await client.send({"type": "chat.cancel", "requestId": "r", "ref": "c1"})
+    await client.receive_until("ack", ref="c1")
+    assert await database_sync_to_async(lambda: Message.objects.get(pk=placeholder.pk).status)() == "streaming"
+    done = (await client.receive_until("stream.done", timeout=10))[-1]  # orphan_seconds() == 3
+    assert done["status"] == "interrupted" and done["message"]["content"] == "Half an answer"
