@@ -328,7 +328,7 @@ def deployment(django_db_setup, model_server, redis_url):  # noqa: F811
             # here, the journal under systemd): without PYTHONUNBUFFERED=1 the lines with the clients'
             # addresses arrive in 8 KiB bursts. The unit should set it (Environment=); this one is
             # blanked, since this machine's environment may set it for every process.
-            "PYTHONUNBUFFERED": unit_environment().get("PYTHONUNBUFFERED", "1"),
+            "PYTHONUNBUFFERED": unit_environment().get("PYTHONUNBUFFERED", ""),
             # A killed worker's streams are found stale in seconds, not the default 30.
             **scripted_worker_env(model_server, STREAM_HEARTBEAT_SECONDS="1", STREAM_STALE_SECONDS="3"),
         }
