@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 
 from . import selectors, services
-from .protocol import message_to_dict, room_to_dict
+from .shapes import message_to_dict, room_to_dict
 from .selectors import RoomNotFound
 
 ROOMS_PAGE_SIZE = 50

@@ -27,11 +27,11 @@ from .protocol import (
     error_frame,
     frame_ref,
     parse_frame,
-    room_to_dict,
     transient_frame_text,
     validate_frame,
 )
 from .selectors import RoomNotFound
+from .shapes import room_to_dict
 from .services import ActionRefused
 from .limits import LimitReached
 from .session_guard import SessionGuard

@@ -15,7 +15,7 @@ from streaming.safe_json import InvalidJSON, UnsafeJSON, loads_strict, problem_i
 
 from .attachments import DOWNLOAD_URL
 from .models import ROOM_NAME_MAX_LENGTH, SYSTEM_PROMPT_MAX_LENGTH, Message, Room
-from .protocol import iso
+from .shapes import iso
 
 EXPORT_FORMAT = "chatrooms.room-export"
 EXPORT_VERSION = 1

@@ -1,20 +1,15 @@
-"""The WebSocket protocol's shapes: validating client frames and serialising rooms and messages."""
+"""The WebSocket protocol: validating client frames and building the frames the server sends."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from streaming.safe_json import problem_in
 
-from .catalog import model_for_room
-from .models import MESSAGE_TEXT_MAX_LENGTH, ROOM_NAME_MAX_LENGTH, SYSTEM_PROMPT_MAX_LENGTH, Message, Room
 from .attachments import ATTACHMENTS_PER_MESSAGE
-from .models import FEEDBACK_COMMENT_MAX_LENGTH, MessageFeedback
-
-# MessageFeedback.rating (1, -1) as the protocol names it.
-FEEDBACK_RATING_NAMES = {MessageFeedback.Rating.UP: "up", MessageFeedback.Rating.DOWN: "down"}
+from .models import FEEDBACK_COMMENT_MAX_LENGTH, MESSAGE_TEXT_MAX_LENGTH, ROOM_NAME_MAX_LENGTH, SYSTEM_PROMPT_MAX_LENGTH
+from .shapes import FEEDBACK_RATING_NAMES
 
 PROTOCOL_VERSION = 1
 FRAME_MAX_BYTES = 64 * 1024
@@ -200,31 +195,7 @@ def _validate_feedback_rating(frame: dict[str, Any]) -> None:
         raise ProtocolError("bad_request", '`rating` must be "up", "down" or null (to remove your feedback).')
 
 
-# -- serialising -------------------------------------------------------------------------------
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-def feedback_to_dict(rating: int | None, comment: str | None) -> dict[str, str] | None:
-    """A user's own feedback on a message as the protocol has it: `{rating: "up"|"down", comment}`, or None."""
-    if rating is None:
-        return None
-    return {"rating": FEEDBACK_RATING_NAMES.get(rating, "up"), "comment": comment or ""}
-
-
-def message_to_dict(message: Message) -> dict[str, Any]:
-    return {
-        "id": str(message.pk),
-        "roomId": str(message.room_id),
-        "role": message.role,
-        "content": message.content,
-        "parts": message.parts,
-        "status": message.status,
-        "createdAt": iso(message.created_at),
-        "author": message.author.username if message.role == Message.Role.USER and message.author else None,
-    }
+# -- frames the server sends --------------------------------------------------------------------
 
 
 def error_frame(code: str, message: str, ref: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -249,23 +220,3 @@ def transient_frame_text(*, room_id: str, request_id: str, stream_id: str, body:
     """A `stream.data` frame: a transient data part, sent live and never stored."""
     head = json.dumps({"type": "stream.data", "roomId": room_id, "requestId": request_id, "streamId": stream_id})
     return f'{head[:-1]}, "chunk": {body}}}'
-
-
-def room_to_dict(room: Room) -> dict[str, Any]:
-    """A room annotated by the selectors with `message_count`, `is_streaming` and, for the user the dict
-    is for, `pinned_by_viewer` and `archived_by_viewer` (a room read without a viewer is neither)."""
-    return {
-        "id": str(room.pk),
-        "name": room.name,
-        "model": model_for_room(room.model),
-        "systemPrompt": room.system_prompt,
-        "messageCount": room.message_count,
-        "createdAt": iso(room.created_at),
-        "lastActiveAt": iso(room.last_active_at),
-        "streaming": room.is_streaming,
-        "owner": room.owner.username,
-        "members": sorted(member.username for member in room.members.all()),
-        "pinned": getattr(room, "pinned_by_viewer", False),
-        "archived": getattr(room, "archived_by_viewer", False),
-        "locked": room.locked_at is not None,  # by staff: read-only for everyone
-    }

@@ -18,7 +18,7 @@ from streaming.ui_message import UIMessageBuilder
 
 from . import events
 from .models import ROOM_STREAM_KEY_PREFIX, Message
-from .protocol import message_to_dict
+from .shapes import message_to_dict
 from .selectors import room_viewer_ids
 from .services import tool_waits_end
 

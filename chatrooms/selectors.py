@@ -22,9 +22,9 @@ from datetime import timedelta
 from streaming.replay import chunks_after, last_chunk_index
 
 from .models import ApiToken, Membership, Message, Room, RoomPreference
-from .protocol import message_to_dict, room_to_dict
+from .shapes import message_to_dict, room_to_dict
 from .models import Attachment, MessageFeedback
-from .protocol import feedback_to_dict
+from .shapes import feedback_to_dict
 from .exports import export_document
 
 MESSAGES_PAGE_SIZE = 200

@@ -25,12 +25,12 @@ from .catalog import default_model, is_known_model
 from .models import (
     DEFAULT_ROOM_NAME, ROOM_NAME_MAX_LENGTH, ApiToken, Membership, Message, PendingToolCall, Room, RoomPreference,
 )
-from .protocol import message_to_dict
+from .shapes import message_to_dict
 from .attachments import ATTACHMENTS_PER_MESSAGE, PENDING_MAX_AGE_HOURS, PENDING_UPLOADS_MAX, file_part, read_text_file
 from .attachments import AttachmentRefused, attachment_pk
 from .models import FEEDBACK_COMMENT_MAX_LENGTH
 from .models import Attachment, MessageFeedback
-from .protocol import FEEDBACK_RATING_NAMES, feedback_to_dict
+from .shapes import FEEDBACK_RATING_NAMES, feedback_to_dict
 from .selectors import live_stream_for_room, room_get_for_user, room_viewer_ids, rooms_visible_to
 from .selectors import RoomNotFound, message_ids_to_prune
 from . import limits

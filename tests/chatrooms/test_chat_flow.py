@@ -91,7 +91,7 @@ async def joined_room(client, name: str = "Room") -> str:
 async def test_tool_calls_run_between_model_steps(scripted_model, connect):
     user = await database_sync_to_async(make_user)()
     client = await connect(user)
-    room_id = await joined_room(client)
+    await joined_room(client)
     scripted_model.enqueue(
         ScriptedReply(tokens=["Rolling."], tool_calls=[("roll_dice", '{"sides": 20}')]),
         ScriptedReply(tokens=["You", " got", " it."]),

@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from chatrooms.models import Message
-from tests.factories import make_room, make_user
+from tests.factories import make_room
 
 pytestmark = pytest.mark.django_db
 
