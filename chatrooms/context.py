@@ -9,6 +9,8 @@ from functools import cache
 from itertools import pairwise
 from typing import Any
 
+from .llm import get_litellm
+
 TokenCounter = Callable[[list[dict[str, Any]]], int]
 
 COMPACTED_PREVIEW_CHARS = 200
@@ -118,8 +120,6 @@ class _MessageSizes:
 def litellm_token_counter(model: str) -> TokenCounter:
     """Counts messages the way litellm does for `model`, offline. One counter per model for the
     life of the process, remembering recent single-message counts across calls."""
-    from .assistant import get_litellm
-
     litellm = get_litellm()
     tokenizer = _bundled_tokenizer_for(litellm, model)
     counts: dict[bytes, int] = {}

@@ -10,6 +10,7 @@ from django.conf import settings
 
 from . import selectors, services
 from .catalog import BUILTIN_MODEL
+from .llm import get_litellm, provider_options
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,6 @@ def _fit(title: str) -> str:
 async def title_for_exchange(question: str, answer: str, model: str) -> str:
     if model == BUILTIN_MODEL:
         return heuristic_title(question)
-    from .assistant import get_litellm, provider_options
-
     try:
         response = await get_litellm().acompletion(
             model=model,

@@ -9,7 +9,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs the app registry loaded above)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from chatrooms.assistant import warm_up_in_background  # noqa: E402
+from chatrooms.llm import warm_up_in_background  # noqa: E402
 from chatrooms.routing import websocket_urlpatterns  # noqa: E402
 from config.websocket_origin import SameOriginValidator  # noqa: E402
 

@@ -126,7 +126,7 @@ class LitellmSource:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price list from the network
         import litellm
 
-        # As chatrooms.assistant.get_litellm() sets it up, so that B is the library as the app uses it.
+        # As chatrooms.llm.get_litellm() sets it up, so that B is the library as the app uses it.
         litellm.suppress_debug_info = True
         litellm.telemetry = False
         litellm.disable_hf_tokenizer_download = True

@@ -282,7 +282,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("model", ["openai/scripted", "local/demo", "gpt-4o", "groq/llama-3.1-8b-instant"])
 def test_litellm_counts_offline_and_the_fitting_uses_it(no_network, monkeypatch, model):
-    from chatrooms.assistant import get_litellm
+    from chatrooms.llm import get_litellm
 
     litellm = get_litellm()
     # For Llama models litellm would fetch a tokenizer from Hugging Face; the counter must not ask it to.

@@ -6,7 +6,8 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 
-from chatrooms.assistant import _estimated_usage, _usage_of, get_litellm, model_chunks, provider_options, reasoning_of
+from chatrooms.assistant import _estimated_usage, _usage_of, model_chunks, reasoning_of
+from chatrooms.llm import get_litellm, provider_options
 from chatrooms.scripted_model_server import ScriptedReply
 from tests.chatrooms.test_chat_flow import joined_room
 from tests.factories import make_user

@@ -112,7 +112,7 @@ def test_importing_and_configuring_litellm_makes_no_network_call():
         "import django, os\n"
         "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'config.settings')\n"
         "django.setup()\n"
-        "from chatrooms.assistant import get_litellm\n"
+        "from chatrooms.llm import get_litellm\n"
         "get_litellm()\n"
         "print('attempts:', attempts)\n"
     )
