@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import re
+import sys
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -809,9 +810,29 @@ async def interrupt_all(timeout: float = 20) -> None:
         await asyncio.wait(tasks, timeout=timeout)
 
 
+def install_shutdown_hook() -> None:
+    """Under daphne, finish this worker's live answers as `interrupted` before the process exits."""
+    if "twisted.internet.reactor" not in sys.modules or getattr(install_shutdown_hook, "done", False):
+        return
+    from twisted.internet import defer, reactor
+
+    async def stop_everything() -> None:
+        await interrupt_all()
+        if settings.MCP_SERVERS:
+            from .mcp_servers import mcp_close_all
+
+            await mcp_close_all()
+
+    def before_shutdown() -> defer.Deferred:
+        return defer.Deferred.fromFuture(asyncio.ensure_future(stop_everything()))
+
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+    install_shutdown_hook.done = True  # type: ignore[attr-defined]
+
+
 def start_reply(start: ReplyStart) -> ReplyRun:
     """Run a reply as a task of this worker process, not of the socket that asked for it."""
-    recovery.install_shutdown_hook()
+    install_shutdown_hook()
     recovery.ensure_sweeper()
     run = ReplyRun(start)
     RUNNING[start.stream_id] = run

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -128,25 +127,3 @@ async def _sweep_forever() -> None:
             await recover()
         except Exception:
             logger.exception("sweeping stale streams failed; trying again later")
-
-
-def install_shutdown_hook() -> None:
-    """Under daphne, finish this worker's live answers as `interrupted` before the process exits."""
-    if "twisted.internet.reactor" not in sys.modules or getattr(install_shutdown_hook, "done", False):
-        return
-    from twisted.internet import defer, reactor
-
-    from .assistant import interrupt_all
-
-    async def stop_everything() -> None:
-        await interrupt_all()
-        if settings.MCP_SERVERS:
-            from .mcp_servers import mcp_close_all
-
-            await mcp_close_all()
-
-    def before_shutdown() -> defer.Deferred:
-        return defer.Deferred.fromFuture(asyncio.ensure_future(stop_everything()))
-
-    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
-    install_shutdown_hook.done = True  # type: ignore[attr-defined]
