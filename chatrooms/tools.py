@@ -4,13 +4,11 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-import random
 import re
 import types
 import typing
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from functools import cache
 from typing import Annotated, Any, Literal
 
@@ -154,12 +152,19 @@ def register_tool(spec: Tool) -> Tool:
     return spec
 
 
+# The built-in tools: imported by name like a project's tool modules, so that the registry (which the
+# services use) imports none of the services the built-ins call.
+BUILTIN_TOOL_MODULE = "chatrooms.builtin_tools"
+
+
 @cache
 def load_tool_modules() -> tuple[str, ...]:
-    """Import the project's tool modules (setting TOOL_MODULES) once, so their @tool functions register."""
-    for module in settings.TOOL_MODULES:
+    """Import the built-in tools and the project's tool modules (setting TOOL_MODULES) once, so their
+    @tool functions register (the built-ins first)."""
+    modules = (BUILTIN_TOOL_MODULE, *settings.TOOL_MODULES)
+    for module in modules:
         importlib.import_module(module)
-    return tuple(settings.TOOL_MODULES)
+    return modules
 
 
 def registered_tools() -> dict[str, Tool]:
@@ -263,43 +268,3 @@ async def run_tool(spec: Tool, arguments: dict[str, Any], context: ToolContext) 
         # Off the shared database thread: a slow tool must not stall every socket of the worker.
         output = await database_sync_to_async(spec.execute, thread_sensitive=False)(**call_arguments)
     yield cap_output(output), True
-
-
-# -- built-in tools -----------------------------------------------------------------------------
-
-
-@tool("Get the current date and time in UTC, as ISO 8601.")
-def get_current_time() -> dict[str, str]:
-    now = datetime.now(timezone.utc)
-    return {"utc": now.isoformat(timespec="seconds").replace("+00:00", "Z"), "weekday": now.strftime("%A")}
-
-
-@tool("Roll one fair die with the given number of sides (2 to 1000) and return the result.")
-def roll_dice(sides: int = 6) -> dict[str, int]:
-    if not 2 <= sides <= 1000:
-        raise ToolInputError("sides must be between 2 and 1000")
-    return {"sides": sides, "result": random.randint(1, sides)}
-
-
-@tool("Rename the current chat room. A person in the room must approve it first.", needs_approval=True)
-def rename_room(name: Annotated[str, "The new name, 1 to 100 characters"], context: ToolContext) -> dict[str, str]:
-    from django.contrib.auth import get_user_model
-
-    from .services import ActionRefused, room_rename
-
-    cleaned = name.strip()
-    if not 1 <= len(cleaned) <= 100:
-        raise ToolInputError("the name must be 1 to 100 characters")
-    approver = get_user_model().objects.filter(pk=context.approver_id).first()
-    if approver is None:
-        raise ToolInputError("nobody approved the rename")
-    try:
-        room = room_rename(user=approver, room_id=context.room_id, name=cleaned)
-    except ActionRefused as refusal:
-        raise ToolInputError(refusal.message) from None
-    return {"renamed": True, "name": room.name}
-
-
-@client_tool("Get the user's local date, time and time zone from their browser.")
-def get_local_time() -> None:
-    """Answered by the client with {localTime, timeZone, utcOffsetMinutes}."""
