@@ -1,10 +1,13 @@
-"""Login throttling with django-axes: the backend that refuses locked-out logins, the lockout's length, and its 429 page."""
+"""Login throttling with django-axes: the backend that refuses locked-out logins, what a success clears,
+the lockout's length, and its 429 page."""
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
 
 from axes.backends import AxesStandaloneBackend
+from axes.handlers.database import AxesDatabaseHandler
+from axes.models import AccessAttempt
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
@@ -24,6 +27,22 @@ class LoginThrottleBackend(AxesStandaloneBackend):
         if request is None:
             return None
         return super().authenticate(request, username=username, password=password, **kwargs)
+
+
+class OwnFailuresHandler(AxesDatabaseHandler):
+    """Axes's database handler, except that a successful login clears only the failures of the account
+    that logged in, from the address it logged in from. Axes's own reset deletes every row matching
+    any lockout parameter, so that a success from an address wiped its failures against every other
+    account: logging in to (or signing up for) one's own account between guesses let anyone guess
+    another's password without limit."""
+
+    def reset_user_attempts(self, request: HttpRequest, credentials: dict | None = None) -> int:
+        username = (credentials or {}).get(settings.AXES_USERNAME_FORM_FIELD)
+        if not username:
+            return 0
+        count, _ = AccessAttempt.objects.filter(
+            username=username, ip_address=getattr(request, "axes_ip_address", None)).delete()
+        return count
 
 
 def lockout_duration(request: HttpRequest | None = None) -> timedelta:

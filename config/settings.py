@@ -120,12 +120,14 @@ MIDDLEWARE = [
 ]
 
 # -- login throttling (django-axes; config/login_throttle.py) ----------------------------------
-# Failed logins on /accounts/login/ and /admin/login/ alike are counted per account and per address
-# (LOGIN_LOCKOUT_BY); at LOGIN_FAILURE_LIMIT failures within LOGIN_LOCKOUT_SECONDS, further logins
-# of that account, or from that address, are refused with 429 until LOGIN_LOCKOUT_SECONDS after the
-# last counted failure. Attempts while locked out are not counted (they do not prolong a lockout),
-# and a successful login clears its account's and address's failures: someone else's wrong
-# passwords can lock a user out for LOGIN_LOCKOUT_SECONDS at most at a time. Behind a proxy, daphne
+# Failed logins on /accounts/login/ and /admin/login/ alike are counted per account from an address
+# and per address (LOGIN_LOCKOUT_BY); at LOGIN_FAILURE_LIMIT failures within LOGIN_LOCKOUT_SECONDS,
+# further logins of that account from that address, or any from that address, are refused with 429
+# until LOGIN_LOCKOUT_SECONDS after the last counted failure. Attempts while locked out are not
+# counted (they do not prolong a lockout), and a successful login clears only that account's
+# failures from that address. By default nobody can lock a person out from elsewhere; with
+# `username` in LOGIN_LOCKOUT_BY an account is locked from every address (stricter against
+# guessing from many addresses, but anyone can then keep an account locked). Behind a proxy, daphne
 # needs --proxy-headers (deploy/chatrooms@.service has it), or every client shares the proxy's address.
 AUTHENTICATION_BACKENDS = [
     "config.login_throttle.LoginThrottleBackend",  # first: refuses a locked-out login before any password check
@@ -135,11 +137,11 @@ LOGIN_FAILURE_LIMIT = positive_int("LOGIN_FAILURE_LIMIT", os.environ.get("LOGIN_
 LOGIN_LOCKOUT_SECONDS = positive_int("LOGIN_LOCKOUT_SECONDS", os.environ.get("LOGIN_LOCKOUT_SECONDS", ""), 300)
 AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
 AXES_COOLOFF_TIME = "config.login_throttle.lockout_duration"  # LOGIN_LOCKOUT_SECONDS, read at each attempt
-AXES_LOCKOUT_PARAMETERS = login_lockout_parameters(os.environ.get("LOGIN_LOCKOUT_BY", "") or "username,ip_address")
+AXES_LOCKOUT_PARAMETERS = login_lockout_parameters(os.environ.get("LOGIN_LOCKOUT_BY", "") or "username+ip_address,ip_address")
 AXES_RESET_ON_SUCCESS = True
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_LOCKOUT_CALLABLE = "config.login_throttle.lockout_response"
-AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"  # shared by every worker, like the rooms
+AXES_HANDLER = "config.login_throttle.OwnFailuresHandler"  # in the database: shared by every worker, like the rooms
 AXES_DISABLE_ACCESS_LOG = True  # no row per successful login: only failures are kept, and only while they count
 AXES_VERBOSE = False  # no banner at every start
 

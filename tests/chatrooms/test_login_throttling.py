@@ -1,6 +1,7 @@
-"""Login throttling (django-axes, config/login_throttle.py): failed logins are counted per account and per
-address on /accounts/login/ and /admin/login/ alike; at the limit the right password is refused with 429
-until the lockout ends; a success clears the count; attempts while locked out do not prolong it."""
+"""Login throttling (django-axes, config/login_throttle.py): failed logins are counted per account from an
+address and per address on /accounts/login/ and /admin/login/ alike (per account from everywhere when
+LOGIN_LOCKOUT_BY says so); at the limit the right password is refused with 429 until the lockout ends; a
+success clears only its own account's count; attempts while locked out do not prolong it."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -58,7 +59,8 @@ def alice():
 
 def test_the_defaults():
     assert settings.LOGIN_FAILURE_LIMIT == 10 and settings.LOGIN_LOCKOUT_SECONDS == 300
-    assert settings.AXES_LOCKOUT_PARAMETERS == ["username", "ip_address"]
+    assert settings.AXES_LOCKOUT_PARAMETERS == [["username", "ip_address"], "ip_address"]
+    assert settings.AXES_HANDLER == "config.login_throttle.OwnFailuresHandler"
     assert settings.AUTHENTICATION_BACKENDS[0] == "config.login_throttle.LoginThrottleBackend"
     assert settings.MIDDLEWARE[-1] == "axes.middleware.AxesMiddleware"
 
@@ -69,7 +71,37 @@ def test_below_the_limit_the_right_password_logs_in(client, alice):
     assert response.status_code == 302 and logged_in(client)
 
 
-def test_an_account_is_locked_after_the_limit_from_any_address(client, alice):
+def test_an_account_is_locked_from_the_guessing_address_but_not_from_elsewhere(client, alice):
+    fail(client, settings.LOGIN_FAILURE_LIMIT, address="198.51.100.1")
+    assert_locked_out(attempt(client, "alice", PASSWORD, address="198.51.100.1"))
+    assert not logged_in(client)
+    # Someone else's guesses do not lock alice out where she is.
+    elsewhere = Client()
+    assert attempt(elsewhere, "alice", PASSWORD, address="192.0.2.77").status_code == 302 and logged_in(elsewhere)
+
+
+def test_a_login_of_ones_own_account_does_not_clear_guesses_at_another(client, alice):
+    make_user("mallory", "mallorys-own-password")
+    fail(client, settings.LOGIN_FAILURE_LIMIT - 1, username="alice")
+    assert attempt(client, "mallory", "mallorys-own-password").status_code == 302  # axes's reset cleared all 9
+    client.post("/accounts/logout/")
+    assert_locked_out(attempt(client, "alice", "one more guess"))  # the 10th guess from this address
+    assert_locked_out(attempt(client, "alice", PASSWORD))
+    assert not logged_in(client)
+
+
+def test_signing_up_does_not_clear_guesses_at_another(client, alice, settings):
+    settings.SIGNUP_ENABLED = True
+    fail(client, settings.LOGIN_FAILURE_LIMIT - 1, username="alice")
+    response = client.post("/accounts/signup/", {"username": "newcomer", "password1": "a-long-fresh-pass-9",
+                                                 "password2": "a-long-fresh-pass-9"}, REMOTE_ADDR="203.0.113.5")
+    assert response.status_code == 302 and logged_in(client)  # signing up logs in
+    client.post("/accounts/logout/")
+    assert_locked_out(attempt(client, "alice", "one more guess"))
+
+
+def test_with_username_in_lockout_by_an_account_is_locked_from_any_address(client, alice, settings):
+    settings.AXES_LOCKOUT_PARAMETERS = login_lockout_parameters("username,ip_address")
     for number in range(settings.LOGIN_FAILURE_LIMIT):
         response = attempt(client, "alice", "wrong password", address=f"198.51.100.{number + 1}")
     assert_locked_out(response)  # the attempt that reaches the limit is told at once
@@ -103,7 +135,7 @@ def test_the_admin_login_is_throttled_the_same_and_shares_the_count(client):
 def test_the_admin_login_alone_locks_too(client):
     get_user_model().objects.create_user(username="root", password=PASSWORD, is_staff=True, is_superuser=True)
     fail(client, settings.LOGIN_FAILURE_LIMIT, username="root", path=ADMIN_LOGIN)
-    assert_locked_out(attempt(client, "root", PASSWORD, path=ADMIN_LOGIN, address="192.0.2.200"))
+    assert_locked_out(attempt(client, "root", PASSWORD, path=ADMIN_LOGIN))
 
 
 def test_the_lockout_ends_after_the_lockout_time(client, alice):
