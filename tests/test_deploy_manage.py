@@ -44,14 +44,14 @@ def filled_in(tmp_path: Path) -> Path:
 
 
 def run_wrapper(args: list[str], *, as_user: str | None = None, **overrides: str) -> subprocess.CompletedProcess[str]:
-    """deploy/manage with none of this run's Django settings in its environment."""
+    """deploy/manage with none of this run's Django settings in its environment, and no input."""
     env = {name: value for name, value in os.environ.items()
            if not name.startswith(("DJANGO_", "CHATROOMS_", "DATABASE_URL", "REDIS_URL", "LLM_"))}
     env.update(overrides)
     command = [str(WRAPPER), *args]
     if as_user is not None:
         command = ["runuser", "-u", as_user, "--", "env", *(f"{k}={v}" for k, v in overrides.items()), *command]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
 """The documented deployment (docs/deploy.md) run as far as one machine allows: Debian's nginx with
-deploy/nginx.conf, two daphne workers started as deploy/chatrooms@.service starts them, PostgreSQL
-and Redis, the model over HTTP (the scripted model server); checked from outside, through nginx.
+deploy/nginx.conf, two daphne workers started as deploy/chatrooms@.service starts them, with the
+environment of deploy/chatrooms.env.example, PostgreSQL and Redis, the model over HTTP (the scripted
+model server); checked from outside, through nginx. The upgrade of section 7 runs on it as written,
+through deploy/manage, rolling the workers while answers stream.
 
-Only what a test must is rewritten, by exact text substitutions that fail when they no longer match:
-the listen ports, the certificate paths (a self-signed certificate made here), the upstream workers'
-ports and the static root. Runs on PostgreSQL only (DATABASE_URL): without it, the test skips, or
-fails under CI unless the run says it has no PostgreSQL on purpose (.ci/run's first run, on SQLite).
+Only what a test must is rewritten, by exact substitutions that fail when they no longer match: in
+nginx.conf the listen ports, the certificate paths (a self-signed certificate made here), the upstream
+workers' ports and the static root; in the env file the secret, the services' URLs, the paths and the
+model. Runs on PostgreSQL only (DATABASE_URL): without it, the test skips, or fails under CI unless the
+run says it has no PostgreSQL on purpose (.ci/run's first run, on SQLite).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import asyncio
 import http.client
 import json
 import os
+import pwd
 import re
 import secrets
 import shlex
@@ -40,6 +44,8 @@ from chatrooms.server_processes import DAPHNE_OPTIONS
 from tests.conftest import require_service
 from tests.factories import make_user
 from tests.servers import ROOT, DaphneWorker, free_port, scripted_worker_env
+from tests.servers import test_database_url as database_url  # (not collected as a test)
+from tests.test_deploy_manage import EXPECTED_DEPLOY_WARNINGS, SAMPLE, run_wrapper
 from tests.test_two_workers import redis_url  # noqa: F401  (a fixture: REDIS_URL, or a redis-server of its own)
 from tests.test_worker_shutdown import wait_for_chunks_stored
 
@@ -51,6 +57,7 @@ PASSWORD = "a-long-enough-password"
 TIMEOUT = 30  # a lost answer fails the test; it never hangs it
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 UNIT = ROOT / "deploy" / "chatrooms@.service"
+DOCS = ROOT / "docs" / "deploy.md"
 
 
 def replaced(text: str, old: str, new: str, *, count: int = 1) -> str:
@@ -123,7 +130,7 @@ def unit_daphne_argv(port: int) -> list[str]:
 
 
 def unit_environment() -> dict[str, str]:
-    """The unit's own Environment= lines (the env file's variables are the test's, below)."""
+    """The unit's own Environment= lines (the env file's variables come from EnvironmentFile=, below)."""
     env = {}
     for line in UNIT.read_text().splitlines():
         if line.startswith("Environment="):
@@ -131,6 +138,45 @@ def unit_environment() -> dict[str, str]:
                 name, _, value = assignment.partition("=")
                 env[name] = value
     return env
+
+
+def unit_setting(name: str) -> str:
+    values = [line.partition("=")[2] for line in UNIT.read_text().splitlines() if line.startswith(f"{name}=")]
+    assert len(values) == 1, f"expected one {name}= in {UNIT}"
+    return values[0]
+
+
+def env_file_from_sample(path: Path, *, fill_in: dict[str, str], add: dict[str, str]) -> dict[str, str]:
+    """deploy/chatrooms.env.example as an operator fills it in, written to `path` (mode 600): each of
+    `fill_in` replaces the sample's value (the sample must have it), each of `add` is appended (the
+    sample must not have it); every other line stays as shipped. Returns what the shell reads from the
+    file, as deploy/manage reads it (`set -a; . file`), for every setting the file holds."""
+    lines = SAMPLE.read_text().splitlines()
+    names = [m.group(1) for line in lines if (m := re.match(r"([A-Z][A-Z0-9_]*)=", line))]
+    missing = sorted(set(fill_in) - set(names))
+    assert not missing, f"{SAMPLE.name} no longer sets {missing}: update this test"
+    present = sorted(set(add) & set(names))
+    assert not present, f"{SAMPLE.name} now sets {present}: fill them in instead of adding them"
+    filled = []
+    for line in lines:
+        name = line.partition("=")[0]
+        filled.append(f"{name}={shlex.quote(fill_in[name])}" if name in fill_in and not line.startswith("#") else line)
+    filled += [f"{name}={shlex.quote(value)}" for name, value in add.items()]
+    text = "\n".join(filled) + "\n"
+    path.touch(mode=0o600)
+    path.write_text(text)
+    read = subprocess.run(["env", "-i", "bash", "-euc", 'set -a; . "$1"; set +a; env -0', "read-env", str(path)],
+                          capture_output=True, timeout=TIMEOUT)
+    assert read.returncode == 0 and read.stderr == b"", read.stderr.decode(errors="replace")
+    shell = dict(item.split("=", 1) for item in read.stdout.decode().split("\0") if item)
+    return {name: shell[name] for name in [*names, *add]}
+
+
+def service_environment(env_file: dict[str, str]) -> dict[str, str]:
+    """What systemd gives the unit's process: its own few variables (PATH; HOME and USER for User=),
+    then EnvironmentFile=, then Environment=. Nothing of this test run's environment."""
+    own = {name: os.environ[name] for name in ("PATH", "HOME", "USER", "LOGNAME", "LANG") if name in os.environ}
+    return {**own, **env_file, **unit_environment()}
 
 
 def make_certificate(work: Path) -> tuple[Path, Path]:
@@ -184,6 +230,14 @@ class Deployment:
     tls: ssl.SSLContext  # trusts the test's certificate, checks the host name
     model_server: Any
     logs: list[Path] = field(default_factory=list)
+    env_file: Path | None = None  # /etc/chatrooms.env
+
+    def manage(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`sudo deploy/manage <args>`: with this deployment's env file, as this user (the service's
+        user here), this checkout and its Python, and no input (an upgrade may run unattended)."""
+        return run_wrapper(list(args), CHATROOMS_ENV_FILE=str(self.env_file),
+                           CHATROOMS_USER=pwd.getpwuid(os.geteuid()).pw_name, CHATROOMS_DIR=str(ROOT),
+                           CHATROOMS_PYTHON=sys.executable)
 
     @property
     def access_log(self) -> Path:
@@ -294,6 +348,38 @@ def text_of(frames: list[dict[str, Any]]) -> str:
                    if f["type"] == "stream.chunk" and f["chunk"]["type"] == "text-delta")
 
 
+@dataclass
+class UpgradeSteps:
+    """docs/deploy.md, section 7, as the test runs it."""
+    manage: list[list[str]]  # each `sudo deploy/manage ...` line's arguments, in order
+    ports: list[int]  # the rolling restart's workers, in order
+    wait_for_health: str  # the loop's lines after `systemctl restart`: they wait for the worker's /healthz
+
+
+def upgrade_steps() -> UpgradeSteps:
+    section = DOCS.read_text().split("\n## 7. Upgrades\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = [re.sub(r"\s+#\s.*$", "", line) for line in block.splitlines()]
+    assert lines[:3] == ["cd /srv/chatrooms", "sudo git pull --ff-only", "sudo .venv/bin/pip install -e ."], lines
+    rest = lines[3:]
+    manage = []
+    while rest[0].startswith("sudo deploy/manage "):
+        manage.append(shlex.split(rest.pop(0))[2:])
+    loop = re.fullmatch(r"for port in ([\d ]+); do", rest.pop(0))
+    assert loop and rest.pop(0) == '    sudo systemctl restart "chatrooms@$port"' and rest.pop() == "done", block
+    return UpgradeSteps(manage, [int(port) for port in loop.group(1).split()], "\n".join(rest))
+
+
+async def socket_on(deployment: Deployment, worker: DaphneWorker, cookie: str, *, clients: list[str]) -> Any:
+    """A socket through nginx that nginx gave to `worker` (round robin: the next connection, or the one after)."""
+    for client in clients:
+        ws = await deployment.socket_through_nginx(cookie, client=client)
+        if await asyncio.to_thread(deployment.worker_serving, client, "WSCONNECT /ws/chat/") is worker:
+            return ws
+        await ws.close()
+    pytest.fail(f"nginx gave none of {len(clients)} sockets to the worker on port {worker.port}")
+
+
 @pytest.fixture(scope="module")
 def deployment(django_db_setup, model_server, redis_url):  # noqa: F811
     on_postgresql = connection.vendor == "postgresql"
@@ -311,36 +397,38 @@ def deployment(django_db_setup, model_server, redis_url):  # noqa: F811
     workers: list[DaphneWorker] = []
     try:
         cert, key = make_certificate(work)
-        # /etc/chatrooms.env as docs/deploy.md writes it, pointed at this machine's services.
-        env = {
-            **unit_environment(),
+        # /etc/chatrooms.env: the sample, filled in for this machine's services. The site's name and
+        # origin, the HTTPS and HSTS settings, SIGNUP_ENABLED: as shipped (nginx.conf names the same site).
+        model = scripted_worker_env(model_server)
+        env_file = work / "chatrooms.env"
+        env = env_file_from_sample(env_file, fill_in={
             "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-            "DJANGO_ALLOWED_HOSTS": SITE,
-            "DJANGO_CSRF_TRUSTED_ORIGINS": ORIGIN,
-            "DJANGO_SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto: https",
-            "DJANGO_SSL_REDIRECT": "true",
+            "DATABASE_URL": database_url(),
             "REDIS_URL": redis_url,
             "DJANGO_STATIC_ROOT": str(static_root),
             "CHATROOMS_VAR_DIR": str(var_dir),
-            "SIGNUP_ENABLED": "false",
-            "DJANGO_DEBUG": "false",
-            # daphne writes its access log to stdout, block-buffered when that is not a terminal (a file
-            # here, the journal under systemd): without PYTHONUNBUFFERED=1 the lines with the clients'
-            # addresses arrive in 8 KiB bursts. The unit should set it (Environment=); this one is
-            # blanked, since this machine's environment may set it for every process.
-            "PYTHONUNBUFFERED": unit_environment().get("PYTHONUNBUFFERED", ""),
+            "LLM_MODEL": model.pop("LLM_MODEL"),
+        }, add={
+            **model,  # the scripted model server's address, a key, no other models
             # A killed worker's streams are found stale in seconds, not the default 30.
-            **scripted_worker_env(model_server, STREAM_HEARTBEAT_SECONDS="1", STREAM_STALE_SECONDS="3"),
-        }
+            "STREAM_HEARTBEAT_SECONDS": "1", "STREAM_STALE_SECONDS": "3",
+        })
+        assert env["DJANGO_ALLOWED_HOSTS"] == SITE and env["DJANGO_CSRF_TRUSTED_ORIGINS"] == ORIGIN
+        assert env["DJANGO_SECURE_PROXY_SSL_HEADER"] == "X-Forwarded-Proto: https"
         ports = [free_port(), free_port()]
         for port in ports:
-            worker = DaphneWorker(env, port, log_path=work / f"worker-{port}.log")
+            worker = DaphneWorker({}, port, log_path=work / f"worker-{port}.log")
             worker.argv = unit_daphne_argv(port)
+            # daphne writes its access log to stdout, block-buffered when that is not a terminal (a file
+            # here, the journal under systemd): the unit's PYTHONUNBUFFERED=1 makes the lines with the
+            # clients' addresses arrive at once; without it the tests below wait for them in vain.
+            worker.env = service_environment(env)
             workers.append(worker)
-        # Once per release: collectstatic (the test database is migrated already).
-        collect = subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT,
-                                 env=workers[0].env, capture_output=True, text=True, timeout=120)
-        assert collect.returncode == 0, collect.stderr
+        deployment = Deployment(0, 0, workers, work, ssl.create_default_context(cafile=str(cert)), model_server,
+                                logs=[work / f"worker-{port}.log" for port in ports], env_file=env_file)
+        # The first time (docs/deploy.md, section 2): collectstatic (the test database is migrated already).
+        collect = deployment.manage("collectstatic", "--noinput", "-v", "0")
+        assert collect.returncode == 0, collect.stdout + collect.stderr
         for worker in workers:
             worker.start()
 
@@ -355,10 +443,8 @@ def deployment(django_db_setup, model_server, redis_url):  # noqa: F811
                                    stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         processes.append(process)
         wait_for_port(https_port, process, work / "error.log")
-
-        tls = ssl.create_default_context(cafile=str(cert))
-        yield Deployment(https_port, http_port, workers, work, tls, model_server,
-                         logs=[work / f"worker-{port}.log" for port in ports])
+        deployment.http_port, deployment.https_port = http_port, https_port
+        yield deployment
     finally:
         for process in processes:
             process.terminate()
@@ -445,6 +531,100 @@ def test_a_request_for_another_host_gets_no_answer_and_real_addresses_reach_the_
     assert line.startswith("127.0.0.2:0 "), line
     logged = "".join(log.read_text(errors="replace") for log in deployment.logs)
     assert "198.51.100.7" not in logged and "/unknown-host-probe" not in logged
+
+
+async def test_the_upgrade_as_documented_rolls_the_workers_without_losing_an_answer(deployment, sam):
+    """docs/deploy.md, section 7, run as written through deploy/manage: migrate, collectstatic, the
+    deploy check, then the rolling restart, each worker stopped as `systemctl restart` stops it while
+    an answer streams on it. Its answer ends `interrupted` and stored, the browser comes back through
+    nginx to the other worker meanwhile, and after both restarts a new question is answered."""
+    steps = upgrade_steps()
+    # `git pull --ff-only` and `pip install -e .` are not run: they need a network and a second release.
+    # The rest runs on the same release again, as an upgrade without a migration or static change does.
+    said = {}
+    for args in steps.manage:
+        done = await asyncio.to_thread(deployment.manage, *args)
+        said[args[0]] = done.stdout + done.stderr
+        assert done.returncode == 0, f"deploy/manage {shlex.join(args)}: {said[args[0]]}"
+    assert list(said) == ["migrate", "collectstatic", "check"], steps.manage
+    assert "No migrations to apply." in said["migrate"]  # the test database: the env file's DATABASE_URL
+    assert "--clear" not in steps.manage[1]  # files that pages still open name stay (section 4)
+    copied = said["collectstatic"]
+    assert re.search(r"^0 static files copied to .*, \d+ unmodified", copied, re.M), copied
+    assert set(re.findall(r"\((\w+\.[EW]\d+)\)", said["check"])) == EXPECTED_DEPLOY_WARNINGS, said["check"]
+
+    # systemctl restart: the unit's KillSignal=, SIGKILL only after TimeoutStopSec=, then ExecStart= again.
+    kill_signal = getattr(signal, unit_setting("KillSignal"))
+    stop_timeout = float(unit_setting("TimeoutStopSec"))
+    assert kill_signal == signal.SIGTERM
+    # nginx.conf's upstream lists the docs' ports in this order; the test's workers stand in for them.
+    assert steps.ports == [8001, 8002]
+    model_server = deployment.model_server
+    model_server.reset()
+    addresses = iter(f"127.0.1.{n}" for n in range(1, 100))  # one per socket: the workers' logs tell them apart
+    cookie = await asyncio.to_thread(deployment.log_in, "sam", client="127.0.1.100")
+    asker = await socket_on(deployment, deployment.workers[0], cookie, clients=[next(addresses) for _ in range(3)])
+    await asker.send(json.dumps({"type": "room.create", "name": "Upgraded"}))
+    room_id = (await until(asker, "room.created"))[-1]["room"]["id"]
+    await asker.send(json.dumps({"type": "room.join", "roomId": room_id}))
+    await until(asker, "messages", roomId=room_id)
+    answers = []
+    for index, (port, worker) in enumerate(zip(steps.ports, deployment.workers)):
+        other = deployment.workers[1 - index]
+        argv = list(worker.argv)
+        # The asker's socket is on `worker`: so is the answer it asks for. A viewer on the other worker.
+        viewer = await deployment.socket_to_worker(other, cookie, client=next(addresses))
+        await viewer.send(json.dumps({"type": "room.join", "roomId": room_id}))
+        await until(viewer, "messages", roomId=room_id)
+        tokens = [f"v{index}.{i} " for i in range(8)]
+        answers.append("".join(tokens))
+        model_server.enqueue(ScriptedReply(tokens=tokens, hold_open=True))
+        await asker.send(json.dumps({"type": "chat.send", "roomId": room_id, "requestId": f"u{index}", "text": "go"}))
+        seen = await until(viewer, "stream.start")
+        stream_id = seen[-1]["streamId"]
+        while text_of(seen) != answers[-1]:
+            seen.append(await recv(viewer))
+            assert seen[-1]["type"] != "stream.done", seen[-1]
+
+        stopped_at = time.monotonic()
+        code = await asyncio.to_thread(worker.stop, kill_signal, stop_timeout)
+        print(f"chatrooms@{port} stopped in {time.monotonic() - stopped_at:.1f} s (exit {code})")
+        assert code != -signal.SIGKILL, f"chatrooms@{port} needed SIGKILL after {stop_timeout} s"
+        done = (await until(viewer, "stream.done", streamId=stream_id))[-1]
+        assert done["status"] == "interrupted" and done["message"]["content"] == answers[-1], done
+        stored = await database_sync_to_async(lambda: Message.objects.values_list("status", "content").get(
+            id=done["message"]["id"]))()
+        assert stored == ("interrupted", answers[-1])
+        with pytest.raises(websockets.ConnectionClosed):  # nginx closes the asker's socket with the worker's
+            while True:
+                await recv(asker)
+        # The browser comes back through nginx, to the other worker, and shows the stored answer.
+        client = next(addresses)
+        asker = await deployment.socket_through_nginx(cookie, client=client)
+        assert await asyncio.to_thread(deployment.worker_serving, client, "WSCONNECT /ws/chat/") is other
+        await asker.send(json.dumps({"type": "room.join", "roomId": room_id}))
+        messages = (await until(asker, "messages", roomId=room_id))[-1]["messages"]
+        assert (messages[-1]["status"], messages[-1]["content"]) == ("interrupted", answers[-1])
+        await viewer.close()
+
+        # ExecStart= again, the same command line (its log in a new file), and the docs' wait for /healthz.
+        assert worker.argv == argv == unit_daphne_argv(worker.port)
+        worker.log_path = deployment.logs[index] = deployment.work / f"worker-{worker.port}-restarted.log"
+        await asyncio.to_thread(worker.start)
+        loop = f"for port in {worker.port}; do\n{steps.wait_for_health}\ndone"
+        waited = await asyncio.to_thread(subprocess.run, ["sh", "-c", loop], capture_output=True, text=True,
+                                         timeout=90)
+        assert waited.returncode == 0 and "is not healthy" not in waited.stdout, waited.stdout + waited.stderr
+        print(f"chatrooms@{port} restarted and healthy {time.monotonic() - stopped_at:.1f} s after its stop")
+
+    # Both restarted: the asker (now on the first worker again) asks anew, through nginx.
+    await asker.send(json.dumps({"type": "chat.send", "roomId": room_id, "requestId": "after", "text": "again"}))
+    done = (await until(asker, "stream.done"))[-1]
+    assert done["status"] == "complete" and done["message"]["content"] == "Echo: again", done
+    statuses = await database_sync_to_async(lambda: list(
+        Message.objects.filter(role="assistant").order_by("id").values_list("status", flat=True)))()
+    assert statuses == ["interrupted", "interrupted", "complete"]
+    await asker.close()
 
 
 async def test_log_in_stream_across_workers_and_recover_a_killed_worker(deployment_then_stopped, sam):
