@@ -130,8 +130,10 @@ def test_an_env_file_the_caller_cannot_read_is_refused(open_dir):
 
 
 @is_root
-def test_root_runs_manage_py_as_the_service_user_with_the_environment(open_dir):
-    """A stand-in for Python that shows who runs it, where, with what."""
+@pytest.mark.parametrize("path", [None, "/usr/bin:/bin"], ids=["sudo", "cron"])
+def test_root_runs_manage_py_as_the_service_user_with_the_environment(open_dir, path):
+    """A stand-in for Python that shows who runs it, where, with what; also with cron's PATH, which
+    lacks /usr/sbin (runuser's place)."""
     if True:
         place, place_path = str(open_dir), open_dir
         (place_path / "manage.py").write_text("")
@@ -142,7 +144,7 @@ def test_root_runs_manage_py_as_the_service_user_with_the_environment(open_dir):
         shutil.copy(SAMPLE, env_file)
         env_file.chmod(0o600)
         done = run_wrapper(["migrate", "--noinput"], CHATROOMS_ENV_FILE=str(env_file), CHATROOMS_USER="nobody",
-                           CHATROOMS_DIR=place, CHATROOMS_PYTHON=str(fake_python))
+                           CHATROOMS_DIR=place, CHATROOMS_PYTHON=str(fake_python), **({"PATH": path} if path else {}))
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == f"nobody|{place}|X-Forwarded-Proto: https|manage.py migrate --noinput"
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
