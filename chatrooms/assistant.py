@@ -348,7 +348,9 @@ class ReplyRun:
         # well-formed UI message stream from `start` on.
         self.emit({"type": "start", "messageId": str(self.start.message_id)})
         control = await self._subscribe_to_control()
-        helpers = [asyncio.create_task(self._beat())]
+        # The heartbeat goes on until the stream is finished: a stopping worker is still alive.
+        heartbeat = asyncio.create_task(self._beat())
+        helpers: list[asyncio.Task[None]] = []
         if control is not None:
             helpers.append(asyncio.create_task(self._listen_for_control(control[1])))
         status, error_text = "complete", None
@@ -382,6 +384,7 @@ class ReplyRun:
             # The stream keeps its last heartbeat: the stale sweep finishes it as interrupted.
             logger.exception("stream %s could not be finished; the stale sweep will", self.start.stream_id)
         finally:
+            heartbeat.cancel()
             if control is not None:
                 try:
                     await get_channel_layer().group_discard(*control)

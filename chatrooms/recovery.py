@@ -88,12 +88,17 @@ def stream_interrupt_if_orphaned(*, stream_id: str) -> Message | None:
     return None if stream is None else stream_interrupt(stream=stream, stale_seconds=orphan_seconds())
 
 
-_after_cancel: set[asyncio.Task[None]] = set()
+# One check per cancelled stream and process, however many cancels arrive for it.
+_after_cancel: dict[str, asyncio.Task[None]] = {}
 
 
 def finish_cancelled_if_orphaned(stream_id: str) -> None:
     """After a cancel: end the stream at once if its worker is gone, else look again once two heartbeats
-    have passed (a live worker has ended it by then; a killed one has not beaten)."""
+    have passed (a live worker, which goes on beating while it stops, has ended it by then or is still
+    beating; a killed one has not beaten)."""
+    stream_id = str(stream_id)
+    if stream_id in _after_cancel:
+        return
     async def finish() -> None:
         interrupt = database_sync_to_async(stream_interrupt_if_orphaned, thread_sensitive=False)
         try:
@@ -104,8 +109,8 @@ def finish_cancelled_if_orphaned(stream_id: str) -> None:
             logger.warning("cancelled stream %s could not be checked for a lost worker", stream_id, exc_info=True)
 
     task = asyncio.get_running_loop().create_task(finish(), name=f"cancelled-stream-{stream_id}")
-    _after_cancel.add(task)
-    task.add_done_callback(_after_cancel.discard)
+    _after_cancel[stream_id] = task
+    task.add_done_callback(lambda _task: _after_cancel.pop(stream_id, None))
 
 
 _sweeper: asyncio.Task[None] | None = None

@@ -76,12 +76,13 @@ def as_uuid(stream_id: Any) -> uuid.UUID:
 
 
 def stream_still_wanted(stream_id: uuid.UUID) -> bool:
-    """Beat the heartbeat unless the stream was cancelled or finished elsewhere; True if it may go on."""
-    return bool(
-        Stream.objects.filter(pk=stream_id, status=Stream.Status.STREAMING, cancel_requested=False).update(
-            heartbeat_at=timezone.now()
-        )
-    )
+    """Beat the heartbeat of a live stream; True if it may go on (not cancelled, not finished elsewhere).
+
+    A cancelled stream is beaten too, while its worker stops it: a beat says the worker is alive, and a
+    cancel whose stream stops beating is finished by whoever cancelled it (its worker is gone)."""
+    with transaction.atomic():
+        beaten = Stream.objects.filter(pk=stream_id, status=Stream.Status.STREAMING).update(heartbeat_at=timezone.now())
+        return bool(beaten) and not Stream.objects.filter(pk=stream_id, cancel_requested=True).exists()
 
 
 class StreamRecorder:

@@ -82,7 +82,7 @@ async def replies_settled() -> None:
     """After the test, let replies that are still running end, so none leaks into the next test."""
     yield
     running = [run.task for run in list(assistant.RUNNING.values()) if run.task]
-    running += list(recovery._after_cancel)  # a cancel's later look for a lost worker
+    running += list(recovery._after_cancel.values())  # a cancel's later look for a lost worker
     for task in running:
         task.cancel()
     if running:
@@ -199,7 +199,7 @@ def connect_factory():
         async def close_all() -> None:
             await close_clients(clients)
             running = [run.task for run in list(assistant.RUNNING.values()) if run.task]
-            running += list(recovery._after_cancel)
+            running += list(recovery._after_cancel.values())
             for task in running:
                 task.cancel()
             if running:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from channels.db import database_sync_to_async
 
-from chatrooms import tools
+from chatrooms import recovery, tools
 from chatrooms.models import Message, PendingToolCall, Room
 from chatrooms.scripted_model_server import ScriptedReply
 from streaming.models import StreamChunk
@@ -481,3 +481,36 @@ async def test_a_tool_of_an_mcp_server_is_offered_and_called_and_a_down_server_i
     done = frames[-1]
     assert done["status"] == "complete" and done["message"]["content"] == "Five."
     assert tool_part(done["message"], "calc__add")["state"] == "output-available"
+
+
+async def test_a_cancelled_answer_whose_worker_is_slow_to_stop_ends_aborted_not_interrupted(
+        scripted_model, connect, extra_tools, settings):
+    """A worker that takes longer than two heartbeats to stop (a tool that cleans up slowly when
+    cancelled) goes on beating: the cancel's look for a lost worker leaves it alone, and the answer
+    ends as `aborted`, with everything it streamed."""
+    settings.STREAM_HEARTBEAT_SECONDS = 0.2  # a lost worker: no beat for orphan_seconds() = 1.4 s
+    started, cleaned_up = asyncio.Event(), asyncio.Event()
+
+    @extra_tools.tool("Take a long time, and as long again to clean up when stopped.")
+    async def slow_tool() -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await cleaned_up.wait()
+            raise
+        return "never"
+
+    _user, client, _room_id = await room_with_client(connect)
+    scripted_model.enqueue(ScriptedReply(tokens=["Working."], tool_calls=[("slow_tool", "{}")]))
+    await client.send({"type": "chat.send", "requestId": "q", "text": "go"})
+    await asyncio.wait_for(started.wait(), 20)
+    await client.send({"type": "chat.cancel", "requestId": "q", "ref": "c"})
+    await client.receive_until("ack", ref="c")
+    [look] = list(recovery._after_cancel.values())
+    await look  # both looks done: at once, and orphan_seconds() later, while the tool still cleans up
+    cleaned_up.set()
+    done = (await client.receive_until("stream.done", requestId="q"))[-1]
+    assert done["status"] == "aborted", done
+    stored = await database_sync_to_async(Message.objects.get)(pk=done["message"]["id"])
+    assert stored.status == "aborted" and stored.content == "Working."
