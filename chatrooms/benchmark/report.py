@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .runner import BenchConfig
+    from .config import BenchConfig
 
 BASELINES = ("A", "B", "C")
 # Figures compared with the baselines, by section; a ratio is always the app's figure divided by the

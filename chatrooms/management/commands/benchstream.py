@@ -8,7 +8,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chatrooms.benchmark.report import format_table, write_chart, write_json
-from chatrooms.benchmark.runner import BenchConfig, run_benchmark
+from chatrooms.benchmark.config import BenchConfig
+from chatrooms.benchmark.runner import run_benchmark
 
 SIZES = {  # option: (BenchConfig field, type, help)
     "--streams": ("streams", int, "relay: concurrent streams at full speed (default 20)"),
