@@ -140,13 +140,19 @@ def test_a_cancelled_stream_is_finished_at_once_only_if_its_worker_missed_two_he
     assert orphan_seconds() == 30  # never later than the sweep
 
 
-async def test_cancelling_an_answer_whose_worker_is_gone_ends_it_at_once(connect, settings):
-    settings.STREAM_HEARTBEAT_SECONDS, settings.STREAM_STALE_SECONDS = 5, 30
-    _stream, placeholder = await database_sync_to_async(orphaned_stream)(age_seconds=12)
+async def owner_in_the_room_of_an_orphaned_stream(connect, *, age_seconds: float):  # noqa: ANN001, ANN201
+    """A socket of the room's owner, joined to the room of a stream whose heartbeat is this old."""
+    _stream, placeholder = await database_sync_to_async(orphaned_stream)(age_seconds=age_seconds)
     user = await database_sync_to_async(lambda: placeholder.room.owner)()
     client = await connect(user)
     await client.send({"type": "room.join", "roomId": str(placeholder.room_id)})
     await client.receive_until("messages")
+    return client, placeholder
+
+
+async def test_cancelling_an_answer_whose_worker_is_gone_ends_it_at_once(connect, settings):
+    settings.STREAM_HEARTBEAT_SECONDS, settings.STREAM_STALE_SECONDS = 5, 30
+    client, placeholder = await owner_in_the_room_of_an_orphaned_stream(connect, age_seconds=12)
     # The join's sweep leaves it: not yet STREAM_STALE_SECONDS old.
     assert await database_sync_to_async(lambda: Message.objects.get(pk=placeholder.pk).status)() == "streaming"
     await client.send({"type": "chat.cancel", "requestId": "r", "ref": "c1"})
@@ -156,11 +162,7 @@ async def test_cancelling_an_answer_whose_worker_is_gone_ends_it_at_once(connect
 
 async def test_cancelling_an_answer_whose_worker_just_died_ends_it_after_two_heartbeats(connect, settings):
     settings.STREAM_HEARTBEAT_SECONDS, settings.STREAM_STALE_SECONDS = 1, 30
-    _stream, placeholder = await database_sync_to_async(orphaned_stream)(age_seconds=0)
-    user = await database_sync_to_async(lambda: placeholder.room.owner)()
-    client = await connect(user)
-    await client.send({"type": "room.join", "roomId": str(placeholder.room_id)})
-    await client.receive_until("messages")
+    client, placeholder = await owner_in_the_room_of_an_orphaned_stream(connect, age_seconds=0)
     await client.send({"type": "chat.cancel", "requestId": "r", "ref": "c1"})
     await client.receive_until("ack", ref="c1")
     assert await database_sync_to_async(lambda: Message.objects.get(pk=placeholder.pk).status)() == "streaming"
