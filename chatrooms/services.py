@@ -794,22 +794,16 @@ def _import_attachments(
     a file (same name and type) now links to the new one. A file part whose file is not in the import
     loses its link: the id was another server's (or room's), and here it would name some other file."""
     for message, entry in zip(messages, imported):
-        if not entry.attachments:
-            if any(part.get("type") == "file" and "url" in part for part in message.parts):
-                for part in message.parts:
-                    if part.get("type") == "file":
-                        part.pop("url", None)
-                Message.objects.filter(pk=message.pk).update(parts=message.parts)
-            continue
-        created = Attachment.objects.bulk_create([
+        unmatched = Attachment.objects.bulk_create([
             Attachment(room=room, message=message, uploaded_by=user, filename=a.filename, media_type=a.media_type,
                        size=len(a.text.encode()), text=a.text)
             for a in entry.attachments
-        ])
-        unmatched = list(created)
+        ]) if entry.attachments else []
+        linked = False
         for part in message.parts:
             if part.get("type") != "file" or not DOWNLOAD_URL.match(str(part.get("url", ""))):
                 continue
+            linked = True
             same = next((a for a in unmatched if (a.filename, a.media_type) == (part.get("filename"),
                                                                                 part.get("mediaType"))), None)
             if same is not None:
@@ -817,7 +811,8 @@ def _import_attachments(
                 part["url"] = download_url(same.pk)
             else:
                 del part["url"]
-        Message.objects.filter(pk=message.pk).update(parts=message.parts)
+        if entry.attachments or linked:
+            Message.objects.filter(pk=message.pk).update(parts=message.parts)
 
 
 # -- moderation --------------------------------------------------------------------------------
